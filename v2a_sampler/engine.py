@@ -1,0 +1,105 @@
+"""Turning a guidance expression into one guided clean-data estimate per solver stage.
+
+:class:`GuidedDenoiser` evaluates the branches a guidance needs at the current noise level (each distinct
+``(model, dropped conditions)`` pair once), combines them in the good model's prediction space, converts the result
+to ``x0`` and counts every network evaluation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from .denoisers import Cond, Denoiser, Prediction, check_compatible, eps_from_x0, from_x0_eps, to_x0
+from .guidance import ZERO_TOL, Branch, Guidance
+from .kernels import combine
+
+
+class GuidedDenoiser:
+    """``x0 = D(x, t)`` for a guided combination of branches of a good and (optionally) a bad model.
+
+    Args:
+        model: the good model.
+        guidance: a compiled guidance expression.
+        cond: the conditions (shared by both models unless ``bad_cond`` is given).
+        bad: the bad model, required when the guidance has ``bad:*`` branches.
+        bad_cond: conditions for the bad model, if it encodes them differently.
+        model_dtype: dtype the networks are fed with; predictions are combined in at least float32.
+    """
+
+    def __init__(
+        self,
+        model: Denoiser,
+        guidance: Guidance,
+        cond: Cond | None = None,
+        bad: Denoiser | None = None,
+        bad_cond: Cond | None = None,
+        model_dtype: torch.dtype | None = None,
+    ) -> None:
+        if guidance.needs_bad_model:
+            if bad is None:
+                raise ValueError(f"guidance {guidance.spec()} needs a bad model; pass bad=...")
+            check_compatible(model, bad)
+        self.model = model
+        self.bad = bad
+        self.guidance = guidance
+        self.cond = cond
+        self.bad_cond = cond if bad_cond is None else bad_cond
+        self.model_dtype = model_dtype
+        self.nfe = 0
+        self.nfe_by_role: Counter[str] = Counter()
+        self.calls = 0
+
+    def _role(self, role: str) -> tuple[Denoiser, Cond | None]:
+        if role == "good":
+            return self.model, self.cond
+        assert self.bad is not None
+        return self.bad, self.bad_cond
+
+    def plan(self, level: float) -> dict[tuple[str, frozenset[str]], float]:
+        """``{(role, dropped names): coefficient}`` at ``level``; branches that coincide for these models merge."""
+        out: dict[tuple[str, frozenset[str]], float] = {}
+        for b, c in self.guidance.branch_coefficients(level).items():
+            net, _ = self._role(b.role)
+            key = (b.role, b.dropped(net.condition_names))
+            out[key] = out.get(key, 0.0) + c
+        return {k: c for k, c in out.items() if abs(c) > ZERO_TOL}
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Guided x0 estimate at state ``x`` and model time ``t`` (a Python float)."""
+        terms = self.model.schedule.terms(t)
+        plan = self.plan(terms.noise_level)
+        x_in = x if self.model_dtype is None else x.to(self.model_dtype)
+        t_vec = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        preds, coeffs = [], []
+        for (role, dropped), c in plan.items():
+            net, cond = self._role(role)
+            branch_cond = net.drop(cond, dropped) if dropped else cond
+            pred = net(x_in, t_vec, branch_cond)
+            if pred.shape != x.shape:
+                raise ValueError(
+                    f"{role} model returned shape {tuple(pred.shape)} for input {tuple(x.shape)} "
+                    f"(branch {Branch.make(role, sorted(dropped)).key})"
+                )
+            if net.prediction is not self.model.prediction:
+                pred = _reexpress(pred, x, net.prediction, self.model.prediction, terms)
+            preds.append(pred)
+            coeffs.append(c)
+            self.nfe_by_role[role] += 1
+        self.nfe += len(preds)
+        self.calls += 1
+        guided = combine(preds, coeffs, out_dtype=x.dtype)
+        return to_x0(self.model.prediction, x, guided, terms)
+
+    def info(self) -> dict[str, Any]:
+        return {"nfe": self.nfe, "nfe_by_role": dict(self.nfe_by_role), "stages": self.calls}
+
+
+def _reexpress(pred: torch.Tensor, x: torch.Tensor, src: Prediction, dst: Prediction, terms) -> torch.Tensor:
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+    x0 = to_x0(src, x32, pred.to(x32.dtype), terms)
+    if dst is Prediction.X0:
+        return x0
+    return from_x0_eps(dst, x0, eps_from_x0(x32, x0, terms), terms)
