@@ -146,7 +146,7 @@ def dpmpp_2m_sde(
             x = nxt.alpha * x0
         else:
             h = nxt.log_snr - now.log_snr
-            eta_h = eta * h
+            eta_h = eta * h if eta else 0.0  # (0 * inf is nan on the first step from pure noise)
             keep = math.exp(-eta_h)  # 0 when starting from pure noise (h = inf)
             gain = -math.expm1(-h - eta_h)
             x = (nxt.sigma / now.sigma * keep) * x + (nxt.alpha * gain) * x0
@@ -154,7 +154,8 @@ def dpmpp_2m_sde(
                 r = h_last / h
                 x = x + (nxt.alpha * 0.5 * gain / r) * (x0 - old_x0)
             if eta:
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                # drawn in float32 whatever the state dtype, so a seed gives the same path in every precision
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
                 x = x + (nxt.sigma * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise) * noise
             h_last = h
         old_x0 = x0

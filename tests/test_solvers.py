@@ -1,0 +1,292 @@
+"""Solvers on analytic Gaussian data: convergence orders, SDE statistics, seeds, conventions, NFE accounting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from v2a_sampler import denoisers as D
+from v2a_sampler import guidance as G
+from v2a_sampler import solvers
+from v2a_sampler.analytic import ConditionalGaussianMixture, GaussianMixture, gaussian_denoiser
+
+MEAN = torch.tensor([1.0, -0.5])
+COV = torch.tensor([[0.3, 0.2], [0.2, 2.0]])
+DATA = GaussianMixture.gaussian(MEAN, COV)
+
+# (schedule, prediction, interior start and end times)
+CASES = [
+    (D.FlowSchedule(1.0), "velocity", 0.95, 0.05),
+    (D.FlowSchedule(0.0), "velocity", 0.05, 0.95),
+    (D.FlowSchedule(1.0), "x0", 0.95, 0.05),
+    (D.EDMSchedule(), "eps", 20.0, 0.05),
+    (D.VPSchedule(), "v", 0.7, 0.05),
+]
+ORDERS = {"euler": (0.85, 1.2), "heun": (1.8, 2.3), "dpmpp_2m": (1.75, 2.3)}
+STEPS = [16, 32, 64, 128]
+
+
+def _noise(n=64, seed=0, dim=2, dtype=torch.float64):
+    return torch.randn(n, dim, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _order(errs):
+    slope, _ = np.polyfit(np.log(STEPS), np.log(errs), 1)
+    return -slope
+
+
+@pytest.mark.parametrize("solver", list(ORDERS))
+@pytest.mark.parametrize("schedule, prediction, t0, t1", CASES, ids=lambda v: str(v))
+def test_convergence_order(solver, schedule, prediction, t0, t1):
+    den = gaussian_denoiser(MEAN, COV, prediction, schedule)
+    noise = _noise()
+    a, b = schedule.terms(t0), schedule.terms(t1)
+    # exact probability-flow transport between two interior times (the start state is sigma(t0) * noise)
+    exact = DATA.flow_map(noise * a.sigma, (a.alpha, a.sigma), (b.alpha, b.sigma))
+    errs = []
+    for n in STEPS:
+        grid = torch.tensor(
+            [schedule.t_from_noise_level(v) for v in np.linspace(a.noise_level, b.noise_level, n + 1)],
+            dtype=torch.float64,
+        )
+        out, _ = solvers.sample(den, noise, guidance="none", solver=solver, timesteps=grid)
+        errs.append((out - exact).norm(dim=1).mean().item())
+    lo, hi = ORDERS[solver]
+    assert lo <= _order(errs) <= hi, (solver, errs)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m"])
+def test_full_trajectory_converges_to_exact_sample(solver):
+    den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    noise = _noise()
+    exact = DATA.flow_map(noise, (0.0, 1.0), (1.0, 0.0))  # from pure noise at t=1 to data at t=0
+    errs = [(solvers.sample(den, noise, guidance="none", solver=solver, steps=n)[0] - exact).norm(dim=1).mean().item()
+            for n in (16, 64, 256)]  # fmt: skip
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < {"euler": 0.01, "heun": 1e-4, "dpmpp_2m": 2e-4}[solver]
+
+
+@pytest.mark.parametrize("schedule, prediction", [(D.FlowSchedule(1.0), "velocity"), (D.VPSchedule(), "eps")])
+def test_sde_matches_target_statistics(schedule, prediction):
+    den = gaussian_denoiser(MEAN, COV, prediction, schedule)
+    n = 20000
+    gen = torch.Generator().manual_seed(1)
+    out, info = solvers.sample(den, _noise(n, 7), guidance="none", solver="dpmpp_2m_sde", steps=50, generator=gen)
+    mean_se = torch.sqrt(torch.diag(COV).double() / n)
+    assert torch.all((out.mean(0) - MEAN.double()).abs() < 5 * mean_se + 0.01)
+    cov_se = torch.sqrt((COV.double() ** 2 + torch.outer(torch.diag(COV), torch.diag(COV)).double()) / n)
+    assert torch.all((torch.cov(out.T) - COV.double()).abs() < 5 * cov_se + 0.02)
+    assert info.nfe == 50
+
+
+def test_sde_seeding_and_eta_zero():
+    den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    noise = _noise()
+
+    def run(seed, eta=1.0):
+        g = torch.Generator().manual_seed(seed)
+        return solvers.sample(den, noise, guidance="none", solver="dpmpp_2m_sde", steps=20, generator=g, eta=eta)[0]
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.allclose(run(3), run(4))
+    det = solvers.sample(den, noise, guidance="none", solver="dpmpp_2m", steps=20)[0]
+    assert torch.allclose(run(3, eta=0.0), det, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", list(solvers.SOLVERS))
+def test_both_time_conventions_give_the_same_samples(solver):
+    classes = ConditionalGaussianMixture(
+        [DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.tensor([[0.5, -0.1], [-0.1, 0.2]]))]
+    )
+    good1 = classes.denoiser("velocity", D.FlowSchedule(1.0))
+    good0 = classes.denoiser("velocity", D.FlowSchedule(0.0))
+    # the same underlying network, written in the opposite convention: t0 = 1 - t1 and v0 = -v1
+    mirrored = D.from_fn(lambda x, t, c: -good1(x, 1.0 - t, c), "velocity", 0.0, condition_names=("label",))
+    cond = {"label": torch.tensor([0, 1] * 16)}
+    noise = _noise(32)
+    outs = []
+    for den in (good1, good0, mirrored):
+        gen = torch.Generator().manual_seed(5)
+        outs.append(solvers.sample(den, noise, cond, guidance="cfg(2.5)", solver=solver, steps=12, generator=gen)[0])
+    assert torch.allclose(outs[0], outs[1], atol=1e-10)
+    assert torch.allclose(outs[0], outs[2], atol=1e-10)
+
+
+class Counter:
+    """A denoiser wrapper that counts forward calls and evaluated samples."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+        self.rows = 0
+        self.prediction, self.schedule = inner.prediction, inner.schedule
+        self.condition_names, self.amg_weight = inner.condition_names, inner.amg_weight
+
+    def __call__(self, x, t, cond):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.inner(x, t, cond)
+
+    def drop(self, cond, names):
+        return self.inner.drop(cond, names)
+
+
+GUIDANCES = ["none", "cfg(3)", "ag(2)", "pg(2,2)", "hg(1.5,1.5,2)", "hg(1.5,1.5,2,order=ag)", "cfg(3)@[0.3,0.7]"]
+
+
+@pytest.mark.parametrize("solver", list(solvers.SOLVERS))
+@pytest.mark.parametrize("spec", GUIDANCES)
+def test_nfe_accounting_is_exact(solver, spec):
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    good = Counter(classes.denoiser("velocity", D.FlowSchedule(1.0)))
+    bad_gm = ConditionalGaussianMixture(
+        [GaussianMixture.gaussian(MEAN, COV * 2.0), GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2))]
+    )
+    bad = Counter(bad_gm.denoiser("velocity", D.FlowSchedule(1.0)))
+    batch, steps = 6, 10
+    g = G.parse(spec)
+    out, info = solvers.sample(
+        good, _noise(batch), {"label": torch.tensor([0, 1] * 3)}, guidance=g, bad=bad, solver=solver, steps=steps
+    )
+    assert out.shape == (batch, 2)
+    assert info.nfe == good.calls + bad.calls  # per sample: every call is one full-batch branch evaluation
+    assert good.rows + bad.rows == info.nfe * batch
+    stages = solvers.stages_per_sample(solver, info.timesteps, good.schedule)
+    assert stages == (2 * steps - 1 if solver == "heun" else steps)
+    if isinstance(g, G.Interval):
+        levels = _stage_levels(solver, info.timesteps, good.schedule)
+        assert info.nfe == sum(g.nfe_at(lv) for lv in levels)
+        assert info.nfe < g.nfe_per_step * stages
+    else:
+        assert info.nfe == g.nfe_per_step * stages
+    assert info.nfe_by_role.get("bad", 0) == bad.calls
+
+
+def _stage_levels(solver, ts, schedule):
+    levels = []
+    for t, s in zip(ts, ts[1:], strict=False):
+        levels.append(schedule.terms(t).noise_level)
+        if solver == "heun" and schedule.terms(s).sigma > 0:
+            levels.append(schedule.terms(s).noise_level)
+    return levels
+
+
+def test_branches_that_coincide_are_evaluated_once():
+    # for a model with a single condition, dropping "label" and dropping everything are the same branch
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    good = Counter(classes.denoiser("velocity", D.FlowSchedule(1.0)))
+    g = G.mixture({"good:cond": 3.0, "good:null": -1.0, "good:null[label]": -1.0})
+    assert g.nfe_per_step == 3
+    out, info = solvers.sample(good, _noise(4), {"label": torch.tensor([0, 1, 0, 1])}, guidance=g, steps=5)
+    assert info.nfe == 10 == good.calls
+    ref, _ = solvers.sample(good, _noise(4), {"label": torch.tensor([0, 1, 0, 1])}, guidance="cfg(3)", steps=5)
+    assert torch.allclose(out, ref)
+
+
+def test_guided_step_equals_manual_combination():
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    good = classes.denoiser("velocity", D.FlowSchedule(1.0))
+    bad = ConditionalGaussianMixture(
+        [GaussianMixture.gaussian(MEAN, COV * 3), GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2))]
+    ).denoiser("x0", D.FlowSchedule(1.0))  # a different prediction type is re-expressed before combining
+    cond = {"label": torch.tensor([0, 1, 1])}
+    x = _noise(3)
+    w1, w2, w3 = 2.7, 2.5, 1.2
+    ts = [1.0, 0.6]
+    out, info = solvers.sample(good, x, cond, guidance=G.hg(w1, w2, w3), bad=bad, solver="euler", timesteps=ts)
+    t = torch.full((3,), 1.0, dtype=torch.float64)
+
+    def vel(den, c):
+        p = den(x, t, c)
+        return p if den.prediction is D.Prediction.VELOCITY else D.convert(p, x, 1.0, den.schedule, "x0", "velocity")
+
+    e = {"gc": vel(good, cond), "gn": vel(good, None), "bc": vel(bad, cond), "bn": vel(bad, None)}
+    v = (e["bn"] + w2 * (e["bc"] - e["bn"])) + w3 * (
+        (e["gn"] + w1 * (e["gc"] - e["gn"])) - (e["bn"] + w2 * (e["bc"] - e["bn"]))
+    )
+    assert torch.allclose(out, x + (0.6 - 1.0) * v, atol=1e-12)
+    assert info.nfe == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("solver", list(solvers.SOLVERS))
+def test_dtypes_and_trailing_shapes(dtype, solver):
+    seen = []
+
+    def fn(x, t, cond):  # N(0.5, 0.25^2) data per element, any shape
+        seen.append(x.dtype)
+        xt = x.float()
+        tt = t.float().view(-1, *([1] * (x.ndim - 1)))
+        var = (1 - tt) ** 2 * 0.0625 + tt**2
+        x0 = 0.5 + (1 - tt) * 0.0625 * (xt - (1 - tt) * 0.5) / var
+        eps = (xt - (1 - tt) * x0) / tt
+        return (eps - x0).to(x.dtype)
+
+    den = D.from_fn(fn, "velocity", 1.0)
+    noise = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    ref, _ = solvers.sample(den, noise.double(), guidance="none", solver=solver, steps=8,
+                            generator=torch.Generator().manual_seed(1))  # fmt: skip
+    out, info = solvers.sample(den, noise.to(dtype), guidance="none", solver=solver, steps=8,
+                               generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert out.dtype == dtype and out.shape == noise.shape
+    assert set(seen[-1:]) == {dtype}
+    tol = {torch.float64: 1e-12, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    assert (out.double() - ref).abs().max().item() < tol
+    assert torch.isfinite(out.float()).all()
+
+
+def test_half_precision_guidance_is_combined_in_float32():
+    big = 1000.0
+
+    def fn(x, t, cond):  # cond and null differ by a tiny amount relative to their size
+        return torch.full_like(x, big + (0.5 if cond is not None else 0.0))
+
+    den = D.from_fn(fn, "x0", 1.0)
+    x = torch.zeros(2, 4, dtype=torch.float16)
+    # one Euler step from t=1 to t=0 returns the guided x0 directly: big + w * 0.5 with w = 7
+    out, _ = solvers.sample(den, x, {"cond": 1}, guidance="cfg(7)", timesteps=[1.0, 0.0])
+    assert out.dtype == torch.float16
+    assert torch.allclose(out.float(), torch.full((2, 4), big + 3.5), atol=0.5)
+
+
+def test_grids_and_errors():
+    flow = D.FlowSchedule(1.0)
+    ts = solvers.get_timesteps(flow, 4)
+    assert ts.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    sh = solvers.get_timesteps(flow, 4, "shifted", shift=3.0)
+    assert sh[0] == 1.0 and sh[-1] == 0.0 and sh[2] == pytest.approx(0.75)  # 3*0.5/(1+2*0.5)
+    k = solvers.get_timesteps(D.EDMSchedule(), 5, "karras")
+    assert k[0] == pytest.approx(80.0) and k[-2] == pytest.approx(0.002) and k[-1] == 0.0
+    vp = solvers.get_timesteps(D.VPSchedule(), 5, "karras", sigma_max=80.0)
+    assert D.VPSchedule().terms(float(vp[0])).ratio == pytest.approx(80.0)
+    with pytest.raises(ValueError, match="finite sigma/alpha"):
+        solvers.get_timesteps(flow, 4, "karras")
+    with pytest.raises(ValueError, match="unknown time grid"):
+        solvers.get_timesteps(flow, 4, "cosine")
+    with pytest.raises(ValueError, match="positive integer"):
+        solvers.get_timesteps(flow, 0)
+    den = gaussian_denoiser(MEAN, COV)
+    with pytest.raises(ValueError, match="strictly decreasing noise"):
+        solvers.sample(den, _noise(2), guidance="none", timesteps=[0.0, 1.0])
+    with pytest.raises(ValueError, match="either timesteps or steps"):
+        solvers.sample(den, _noise(2), guidance="none", timesteps=[1.0, 0.0], steps=3)
+    with pytest.raises(ValueError, match="unknown solver"):
+        solvers.sample(den, _noise(2), guidance="none", solver="rk45")
+    with pytest.raises(ValueError, match="needs a bad model"):
+        solvers.sample(den, _noise(2), guidance="hg")
+    other = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(0.0))
+    with pytest.raises(ValueError, match="same noise schedule"):
+        solvers.sample(den, _noise(2), guidance="ag(2)", bad=other)
+    assert solvers.solver_name("DPM++ 2M SDE") == "dpmpp_2m_sde"
+
+
+def test_amg_model_reports_effective_strength():
+    den = gaussian_denoiser(MEAN, COV)
+    den.amg_weight = 0.5
+    _, info = solvers.sample(den, _noise(2), steps=2)
+    assert info.guidance == G.cfg(G.AMG_DEFAULT_CFG).to_dict()
+    assert info.effective_strength == pytest.approx(G.AMG_DEFAULT_CFG / 0.5)
+    assert math.isfinite(info.nfe)
