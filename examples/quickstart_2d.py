@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from v2a_sampler import FlowSchedule, solvers
-from v2a_sampler import guidance as G
 from v2a_sampler.analytic import ConditionalGaussianMixture, GaussianMixture
 
 #: How much the bad model's component covariances are inflated (its "blur").

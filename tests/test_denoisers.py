@@ -121,7 +121,11 @@ def test_from_fn_conditions_and_nulls():
 
     learned = torch.full((4,), -1.0)
     den2 = D.from_fn(
-        fn, "velocity", 0.0, condition_names=("video", "text"), nulls={"video": lambda v: learned.expand_as(v), "text": ""}
+        fn,
+        "velocity",
+        0.0,
+        condition_names=("video", "text"),
+        nulls={"video": lambda v: learned.expand_as(v), "text": ""},
     )
     both = den2.drop(cond, ["video", "text"])
     assert both["text"] == "" and torch.equal(both["video"], learned.expand(2, 4))

@@ -122,7 +122,15 @@ def test_hg_reorder_rejects_degenerate_target():
 
 
 def test_presets_are_affine_and_mixtures_check_the_sum():
-    for g in (G.none(), G.cfg(7), G.ag(2), G.pg(2, 3), G.hg(), G.hg(1, 2, 3, order="ag"), G.multi_cfg({"a": 2, "b": 3})):
+    for g in (
+        G.none(),
+        G.cfg(7),
+        G.ag(2),
+        G.pg(2, 3),
+        G.hg(),
+        G.hg(1, 2, 3, order="ag"),
+        G.multi_cfg({"a": 2, "b": 3}),
+    ):
         assert g.is_affine, g
         assert sum(g.coefficients().values()) == pytest.approx(1.0)
     m = G.mixture({"good:cond": 1.6, "good:null": -0.4, "bad:cond": -0.2})

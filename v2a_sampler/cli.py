@@ -20,7 +20,7 @@ from . import guidance as G
 EXIT_USAGE = 2
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 
