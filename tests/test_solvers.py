@@ -290,3 +290,34 @@ def test_amg_model_reports_effective_strength():
     assert info.guidance == G.cfg(G.AMG_DEFAULT_CFG).to_dict()
     assert info.effective_strength == pytest.approx(G.AMG_DEFAULT_CFG / 0.5)
     assert math.isfinite(info.nfe)
+
+
+def test_branches_of_one_model_share_one_batched_forward():
+    calls = []
+
+    def fn(x, t, cond):  # label-embedding "network": rows with label -1 are the null condition
+        calls.append(x.shape[0])
+        shift = torch.where(cond["label"] < 0, 0.0, 0.5 + cond["label"].double()).view(-1, 1)
+        return x * (1 - t.view(-1, 1)) + shift
+
+    def null_label(v):
+        return torch.full_like(v, -1)
+
+    good = D.from_fn(fn, "velocity", 1.0, condition_names=("label",), nulls={"label": null_label})
+    bad = D.from_fn(lambda x, t, c: 0.5 * fn(x, t, c), "velocity", 1.0, condition_names=("label",),
+                    nulls={"label": null_label})  # fmt: skip
+    cond = {"label": torch.tensor([0, 1, 1])}
+    for spec, per_stage in [("cfg(3)", (2,)), ("pg(2,1)", (2, 1)), ("hg", (2, 2)), ("none", (1,))]:
+        calls.clear()
+        batched, info = solvers.sample(good, _noise(3), cond, guidance=spec, bad=bad, solver="heun", steps=4)
+        stages = 7
+        assert calls == [3 * k for k in per_stage] * stages  # one forward per model per stage
+        assert info.forwards == len(per_stage) * stages
+        assert info.nfe == sum(per_stage) * stages
+        calls.clear()
+        single, info1 = solvers.sample(
+            good, _noise(3), cond, guidance=spec, bad=bad, solver="heun", steps=4, batch_branches=False
+        )
+        assert calls == [3] * (sum(per_stage) * stages)
+        assert info1.nfe == info.nfe
+        assert torch.allclose(batched, single, atol=1e-12)

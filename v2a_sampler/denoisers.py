@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -403,6 +403,14 @@ class FnDenoiser:
             out[n] = self._null_value(n, cond.get(n))
         return out
 
+    def batch_conditions(self, conds: Sequence[Cond | None], batch: int) -> Cond | None:
+        """One condition for ``len(conds)`` stacked blocks of ``batch`` rows, or ``NotImplemented``.
+
+        Works when every block is a mapping with the same keys whose values are tensors with ``batch`` rows (as when
+        ``nulls`` are tensors or tensor-valued callables); otherwise the engine evaluates the branches one by one.
+        """
+        return concat_conditions(conds, batch)
+
     def _null_value(self, name: str, value: Any) -> Any:
         if name not in self.nulls:
             return None
@@ -414,6 +422,22 @@ class FnDenoiser:
             f"FnDenoiser({self.name}, prediction={self.prediction.value}, schedule={self.schedule}, "
             f"conditions={self.condition_names})"
         )
+
+
+def concat_conditions(conds: Sequence[Cond | None], batch: int) -> Cond | None:
+    """Concatenate tensor-valued condition mappings along the batch, or return ``NotImplemented``."""
+    if not conds or any(not isinstance(c, Mapping) for c in conds):
+        return NotImplemented
+    keys = set(conds[0])
+    if any(set(c) != keys for c in conds):
+        return NotImplemented
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = [c[k] for c in conds]
+        if not all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == batch for v in vals):
+            return NotImplemented
+        out[k] = torch.cat(vals, dim=0)
+    return out
 
 
 def from_fn(

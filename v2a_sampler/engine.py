@@ -1,8 +1,9 @@
 """Turning a guidance expression into one guided clean-data estimate per solver stage.
 
 :class:`GuidedDenoiser` evaluates the branches a guidance needs at the current noise level (each distinct
-``(model, dropped conditions)`` pair once), combines them in the good model's prediction space, converts the result
-to ``x0`` and counts every network evaluation.
+``(model, dropped conditions)`` pair once; all branches of one model in one batched forward when its conditions
+stack), combines them in the good model's prediction space, converts the result to ``x0`` and counts every network
+evaluation: a forward over k stacked branches counts k NFE.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from .denoisers import Cond, Denoiser, Prediction, check_compatible, eps_from_x0, from_x0_eps, to_x0
-from .guidance import ZERO_TOL, Branch, Guidance
+from .guidance import ROLES, ZERO_TOL, Branch, Guidance
 from .kernels import combine
 
 
@@ -27,6 +28,8 @@ class GuidedDenoiser:
         bad: the bad model, required when the guidance has ``bad:*`` branches.
         bad_cond: conditions for the bad model, if it encodes them differently.
         model_dtype: dtype the networks are fed with; predictions are combined in at least float32.
+        batch_branches: evaluate all branches of one model in a single forward (conditions concatenated along the
+            batch) when the model can stack its conditions (``batch_conditions``); NFE counts are unchanged.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class GuidedDenoiser:
         bad: Denoiser | None = None,
         bad_cond: Cond | None = None,
         model_dtype: torch.dtype | None = None,
+        batch_branches: bool = True,
     ) -> None:
         if guidance.needs_bad_model:
             if bad is None:
@@ -48,9 +52,11 @@ class GuidedDenoiser:
         self.cond = cond
         self.bad_cond = cond if bad_cond is None else bad_cond
         self.model_dtype = model_dtype
+        self.batch_branches = batch_branches
         self.nfe = 0
         self.nfe_by_role: Counter[str] = Counter()
         self.calls = 0
+        self.forwards = 0
 
     def _role(self, role: str) -> tuple[Denoiser, Cond | None]:
         if role == "good":
@@ -72,29 +78,56 @@ class GuidedDenoiser:
         terms = self.model.schedule.terms(t)
         plan = self.plan(terms.noise_level)
         x_in = x if self.model_dtype is None else x.to(self.model_dtype)
-        t_vec = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        t_dtype = torch.promote_types(x.dtype, torch.float32)
         preds, coeffs = [], []
-        for (role, dropped), c in plan.items():
+        for role in ROLES:
+            group = [(dropped, c) for (r, dropped), c in plan.items() if r == role]
+            if not group:
+                continue
             net, cond = self._role(role)
-            branch_cond = net.drop(cond, dropped) if dropped else cond
-            pred = net(x_in, t_vec, branch_cond)
-            if pred.shape != x.shape:
-                raise ValueError(
-                    f"{role} model returned shape {tuple(pred.shape)} for input {tuple(x.shape)} "
-                    f"(branch {Branch.make(role, sorted(dropped)).key})"
-                )
-            if net.prediction is not self.model.prediction:
-                pred = _reexpress(pred, x, net.prediction, self.model.prediction, terms)
-            preds.append(pred)
-            coeffs.append(c)
-            self.nfe_by_role[role] += 1
+            outs = self._forward(net, x_in, float(t), t_dtype, cond, [d for d, _ in group])
+            for (dropped, c), pred in zip(group, outs, strict=True):
+                if pred.shape != x.shape:
+                    raise ValueError(
+                        f"{role} model returned shape {tuple(pred.shape)} for input {tuple(x.shape)} "
+                        f"(branch {Branch.make(role, sorted(dropped)).key})"
+                    )
+                if net.prediction is not self.model.prediction:
+                    pred = _reexpress(pred, x, net.prediction, self.model.prediction, terms)
+                preds.append(pred)
+                coeffs.append(c)
+            self.nfe_by_role[role] += len(group)
         self.nfe += len(preds)
         self.calls += 1
         guided = combine(preds, coeffs, out_dtype=x.dtype)
         return to_x0(self.model.prediction, x, guided, terms)
 
+    def _forward(
+        self,
+        net: Denoiser,
+        x: torch.Tensor,
+        t: float,
+        t_dtype: torch.dtype,
+        cond: Cond | None,
+        drops: list[frozenset[str]],
+    ) -> list[torch.Tensor]:
+        """Predictions of ``net`` for each drop set: one batched forward when the conditions stack, else one each."""
+        conds = [net.drop(cond, d) if d else cond for d in drops]
+        batch = x.shape[0]
+        if self.batch_branches and len(drops) > 1 and hasattr(net, "batch_conditions"):
+            stacked = net.batch_conditions(conds, batch)
+            if stacked is not NotImplemented:
+                k = len(drops)
+                xs = x.repeat(k, *([1] * (x.ndim - 1)))
+                ts = torch.full((batch * k,), t, device=x.device, dtype=t_dtype)
+                self.forwards += 1
+                return list(net(xs, ts, stacked).split(batch, dim=0))
+        t_vec = torch.full((batch,), t, device=x.device, dtype=t_dtype)
+        self.forwards += len(drops)
+        return [net(x, t_vec, c) for c in conds]
+
     def info(self) -> dict[str, Any]:
-        return {"nfe": self.nfe, "nfe_by_role": dict(self.nfe_by_role), "stages": self.calls}
+        return {"nfe": self.nfe, "nfe_by_role": dict(self.nfe_by_role), "stages": self.calls, "forwards": self.forwards}
 
 
 def _reexpress(pred: torch.Tensor, x: torch.Tensor, src: Prediction, dst: Prediction, terms) -> torch.Tensor:

@@ -273,6 +273,7 @@ class SampleInfo:
     guidance: dict[str, Any]
     timesteps: list[float]
     nfe_by_role: dict[str, int] = field(default_factory=dict)
+    forwards: int = 0  # network calls actually made (batched branches share one)
     effective_strength: float | None = None  # on AMG-trained models, the effective CFG strength
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,6 +295,7 @@ def sample(
     eta: float = 1.0,
     callback: Callback | None = None,
     bad_cond: Cond | None = None,
+    batch_branches: bool = True,
 ) -> tuple[torch.Tensor, SampleInfo]:
     """Draw samples with a guided solver.
 
@@ -310,6 +312,8 @@ def sample(
         generator: seeds the SDE noise.
         eta: SDE noise scale for ``dpmpp_2m_sde``.
         callback: called after every step with ``i, t, t_next, x, denoised``.
+        bad_cond: conditions for the bad model when it encodes them differently from the good model.
+        batch_branches: evaluate all branches of a model in one forward where its conditions stack.
 
     Returns:
         ``(x0, info)`` where ``info.nfe`` is the exact number of network evaluations per sample.
@@ -327,7 +331,9 @@ def sample(
     if not torch.is_floating_point(noise):
         raise TypeError(f"noise must be a floating tensor, got {noise.dtype}")
     work_dtype = torch.promote_types(noise.dtype, torch.float32)
-    engine = GuidedDenoiser(denoiser, g, cond=cond, bad=bad, bad_cond=bad_cond, model_dtype=noise.dtype)
+    engine = GuidedDenoiser(
+        denoiser, g, cond=cond, bad=bad, bad_cond=bad_cond, model_dtype=noise.dtype, batch_branches=batch_branches
+    )
 
     def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
         return engine(x, t).to(work_dtype)
@@ -349,6 +355,7 @@ def sample(
         guidance=g.to_dict(),
         timesteps=grid_list,
         nfe_by_role=dict(engine.nfe_by_role),
+        forwards=engine.forwards,
         effective_strength=G.amg_effective_strength(g, amg) if amg is not None else None,
     )
     return out.to(noise.dtype), info
