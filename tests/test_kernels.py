@@ -655,7 +655,10 @@ def test_kernels_compile_for_sm90_with_vector_loads(kernel: str) -> None:
         else:
             signature[n] = "fp64"
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in pointers | {"n"}}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
+    try:  # the offline-compile API (written against triton 3.9) is internal and may move
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
+    except TypeError as exc:
+        pytest.skip(f"triton {triton.__version__} has another ASTSource signature: {exc}")
     compiled = triton.compile(
         src, target=GPUTarget("cuda", 90, 32), options={"num_warps": T.NUM_WARPS, "enable_fp_fusion": T.FP_FUSION}
     )
