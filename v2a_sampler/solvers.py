@@ -133,7 +133,7 @@ def dpmpp_2m_sde(
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (midpoint form): ``eta=0`` is deterministic, ``eta=1`` the reverse SDE."""
     old_x0: torch.Tensor | None = None
@@ -155,12 +155,22 @@ def dpmpp_2m_sde(
                 x = x + (nxt.alpha * 0.5 * gain / r) * (x0 - old_x0)
             if eta:
                 # drawn in float32 whatever the state dtype, so a seed gives the same path in every precision
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
+                noise = _randn(x, generator)
                 x = x + (nxt.sigma * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise) * noise
             h_last = h
         old_x0 = x0
         _emit(callback, i=i, t=t, t_next=s, x=x, denoised=x0)
     return x
+
+
+def _randn(x: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise like ``x``; a list of generators draws row ``i`` from generator ``i``."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+        rows = [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=torch.float32) for g in generator]
+        return torch.stack(rows).to(x.dtype)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
 
 
 SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -291,7 +301,7 @@ def sample(
     timesteps: Sequence[float] | torch.Tensor | None = None,
     grid: str | None = None,
     shift: float = DEFAULT_SHIFT,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     eta: float = 1.0,
     callback: Callback | None = None,
     bad_cond: Cond | None = None,
@@ -309,7 +319,7 @@ def sample(
         steps: number of steps on a named ``grid`` (default 25).
         timesteps: explicit grid in the model's own time convention, from the noise end toward the data end; used
             exactly as given (excludes ``steps``/``grid``).
-        generator: seeds the SDE noise.
+        generator: seeds the SDE noise; a list of generators (one per row) makes each row independent of the batch.
         eta: SDE noise scale for ``dpmpp_2m_sde``.
         callback: called after every step with ``i, t, t_next, x, denoised``.
         bad_cond: conditions for the bad model when it encodes them differently from the good model.

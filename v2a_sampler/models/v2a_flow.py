@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..denoisers import Cond, FlowSchedule, Prediction
+from ..features import AudioSpec, VideoSpec
 from .base import DenoiserModule
 from .registry import register_architecture
 
@@ -114,6 +115,9 @@ class V2AFlow(DenoiserModule):
         video_dim: width of the encoded video features.
         frame_size: frames are resized to ``frame_size x frame_size`` before encoding.
         encoder_width: channels of the first frame-encoder convolution.
+        audio: the :class:`~v2a_sampler.features.AudioSpec` (as a dict, with normalisation statistics) of the data
+            the model was trained on; needed to turn its outputs into sound.
+        video: the :class:`~v2a_sampler.features.VideoSpec` (frame rate and size) the model was trained with.
     """
 
     def __init__(
@@ -127,8 +131,16 @@ class V2AFlow(DenoiserModule):
         video_dim: int = 128,
         frame_size: int = 32,
         encoder_width: int = 16,
+        audio: Mapping[str, Any] | None = None,
+        video: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.audio_spec = AudioSpec.from_dict(audio) if audio is not None else None
+        self.video_spec = VideoSpec.from_dict(video) if video is not None else None
+        if self.audio_spec is not None and self.audio_spec.n_mels != n_mels:
+            raise ValueError(f"audio spec has {self.audio_spec.n_mels} mel bands but n_mels={n_mels}")
+        if self.video_spec is not None and self.video_spec.frame_size != frame_size:
+            raise ValueError(f"video spec frame_size {self.video_spec.frame_size} != frame_size={frame_size}")
         self.arch_kwargs = {
             "n_mels": n_mels,
             "patch": patch,
@@ -139,6 +151,8 @@ class V2AFlow(DenoiserModule):
             "video_dim": video_dim,
             "frame_size": frame_size,
             "encoder_width": encoder_width,
+            "audio": None if audio is None else dict(self.audio_spec.to_dict()),
+            "video": None if video is None else dict(self.video_spec.to_dict()),
         }
         self.set_protocol(prediction=Prediction.VELOCITY, schedule=FlowSchedule(1.0))
         self.condition_names = ("video",)

@@ -1,0 +1,114 @@
+"""Pipeline end to end with a tiny random V2A model: durations, batching, seeds, saving, muxing, loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from v2a_sampler import io
+from v2a_sampler.features import AudioSpec, VideoSpec
+from v2a_sampler.models.v2a_flow import V2AFlow
+from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.synth import make_clip, write_mp4
+
+TINY = dict(n_mels=16, patch=2, dim=32, depth=1, heads=2, video_dim=16, frame_size=16, encoder_width=8)
+
+
+def _tiny_model(seed: int) -> V2AFlow:
+    audio = AudioSpec(n_mels=16, n_fft=512, hop=320)
+    audio.mel_mean, audio.mel_std = [-4.0] * 16, [2.0] * 16
+    torch.manual_seed(seed)
+    m = V2AFlow(**TINY, audio=audio.to_dict(), video=VideoSpec(fps=25.0, frame_size=16).to_dict())
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline(_tiny_model(0), _tiny_model(1))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    paths = {}
+    for name, dur, fps in [("a", 2.0, 25.0), ("b", 2.0, 29.97), ("c", 1.3, 10.0)]:
+        clip = make_clip(7, duration=dur, fps=fps, size=48)
+        paths[name] = root / f"{name}.mp4"
+        write_mp4(clip, paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("name", ["a", "b", "c"])
+def test_output_duration_matches_the_video(pipe, clips, name):
+    out = pipe(clips[name], guidance="cfg(2)", steps=2, griffin_lim_iters=2)
+    dur = io.probe_video(clips[name]).duration
+    assert abs(out.duration - dur) < 0.1
+    assert out.sample_rate == 16000 and out.waveform.ndim == 1
+    assert torch.isfinite(out.waveform).all() and out.waveform.abs().max() > 0
+    assert out.info["nfe"] == 4 and out.info["seed"] == 0
+
+
+def test_seed_determinism_and_batch_equals_one_by_one(pipe, clips):
+    kw = dict(guidance="hg", steps=3, griffin_lim_iters=2, solver="dpmpp_2m_sde")
+    batch = pipe([clips["a"], clips["b"], clips["a"]], seed=10, **kw)
+    singles = [pipe(clips[n], seed=10 + i, **kw) for i, n in enumerate(["a", "b", "a"])]
+    for b, s in zip(batch, singles, strict=True):
+        assert torch.allclose(b.mel, s.mel, atol=1e-4)
+        assert (b.waveform - s.waveform).abs().mean() < 1e-3
+    again = pipe(clips["a"], seed=10, **kw)
+    assert torch.equal(again.waveform, singles[0].waveform)
+    assert not torch.allclose(batch[0].waveform, batch[2].waveform)  # same video, different seed
+
+
+def test_frames_tensor_input(pipe):
+    frames = torch.randint(0, 255, (40, 32, 32, 3), dtype=torch.uint8)
+    out = pipe(frames, guidance="cfg(3)", steps=2, griffin_lim_iters=1)
+    assert abs(out.duration - 40 / 25.0) < 0.05
+
+
+def test_save_mux_and_overwrite(pipe, clips, tmp_path):
+    out = pipe(clips["a"], guidance="none", steps=2, griffin_lim_iters=1)
+    wav = out.save(tmp_path / "a.wav")
+    audio, sr = io.read_audio(wav)
+    assert sr == 16000 and abs(audio.shape[-1] / sr - 2.0) < 0.05
+    with pytest.raises(io.V2AInputError, match="exists"):
+        out.save(wav)
+    out.save(wav, overwrite=True)
+    muxed = out.mux(clips["a"], tmp_path / "a_sound.mp4")
+    info = io.probe_video(muxed)
+    assert info.has_audio and abs(info.duration - 2.0) < 0.1
+
+
+def test_save_and_load_pipeline(pipe, clips, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert (tmp_path / "pipe" / "bad" / "config.json").exists()
+    loaded = Pipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.bad is not None
+    a = pipe(clips["c"], guidance="hg", steps=2, griffin_lim_iters=1)
+    b = loaded(clips["c"], guidance="hg", steps=2, griffin_lim_iters=1)
+    assert torch.allclose(a.waveform, b.waveform, atol=1e-5)
+    no_bad = Pipeline.from_pretrained(tmp_path / "pipe", bad=False)
+    with pytest.raises(ValueError, match="needs a bad model"):
+        no_bad(clips["c"], guidance="hg", steps=2)
+
+
+def test_bad_inputs(pipe, tmp_path):
+    with pytest.raises(io.V2AInputError, match="not found|does not exist|no such"):
+        pipe(tmp_path / "missing.mp4")
+    txt = tmp_path / "notes.mp4"
+    txt.write_text("not a video")
+    with pytest.raises(io.V2AInputError):
+        pipe(txt)
+    with pytest.raises(ValueError, match="bad model does not match the good model: audio differs"):
+        Pipeline(_tiny_model(0), _tiny_model_mismatch())
+    with pytest.raises(ValueError, match="no audio/video spec"):
+        Pipeline(V2AFlow(**TINY))
+
+
+def _tiny_model_mismatch() -> V2AFlow:
+    audio = AudioSpec(n_mels=16, n_fft=512, hop=320)
+    audio.mel_mean, audio.mel_std = [-3.0] * 16, [2.0] * 16
+    return V2AFlow(**TINY, audio=audio.to_dict(), video=VideoSpec(fps=25.0, frame_size=16).to_dict())

@@ -1,0 +1,113 @@
+"""Training data for the embedded V2A model, from the procedural synthetic world.
+
+Clips are rendered with :func:`v2a_sampler.synth.make_clip`; each becomes a log-mel ``[n_mels, frames]`` (per
+:class:`~v2a_sampler.features.AudioSpec`) and frames ``[T, s, s, 3]`` sampled at :class:`VideoSpec` fps and
+area-resized to ``s`` squares (the size the model's frame encoder works at). Built sets are cached on disk, keyed by
+every parameter, so repeated runs and resumes do not re-render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..features import AudioSpec, VideoSpec, resize_frames
+from ..synth import make_clip
+from .data import TensorData, register_dataset
+
+#: Render size of the synthetic clips before area-resizing (matches the synth default and the demo clip).
+RENDER_SIZE = 96
+#: First clip seed of the held-out evaluation set (training uses seeds from ``seed`` upward; keep them disjoint).
+EVAL_SEED_OFFSET = 1_000_000
+
+
+def cache_dir() -> Path:
+    """``$V2A_CACHE`` or ``~/.cache/v2a-sampler``."""
+    return Path(os.environ.get("V2A_CACHE", Path.home() / ".cache" / "v2a-sampler"))
+
+
+@dataclass
+class SynthSet:
+    """Log-mels ``[N, n_mels, F]`` (float32, not normalised) and frames ``[N, T, s, s, 3]`` (uint8)."""
+
+    mels: torch.Tensor
+    frames: torch.Tensor
+    seeds: list[int]
+
+
+def _key(**params: Any) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_synth_set(
+    num_clips: int,
+    duration: float = 4.0,
+    seed: int = 0,
+    audio: AudioSpec | None = None,
+    video: VideoSpec | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> SynthSet:
+    """Render ``num_clips`` clips (seeds ``seed .. seed + num_clips - 1``) into model-ready tensors."""
+    audio = audio or AudioSpec()
+    video = video or VideoSpec()
+    params = {
+        "num_clips": num_clips,
+        "duration": duration,
+        "seed": seed,
+        "audio": {k: v for k, v in audio.to_dict().items() if k not in ("mel_mean", "mel_std")},
+        "video": video.to_dict(),
+        "render_size": RENDER_SIZE,
+        "version": 1,
+    }
+    path = cache_dir() / f"synth_v2a-{_key(**params)}.safetensors"
+    seeds = list(range(seed, seed + num_clips))
+    if use_cache and path.exists():
+        t = load_file(str(path))
+        return SynthSet(t["mels"], t["frames"], seeds)
+    mels, frames = [], []
+    it = range(num_clips)
+    if progress:
+        from rich.progress import track
+
+        it = track(it, description=f"rendering {num_clips} synthetic clips")
+    for i in it:
+        clip = make_clip(seeds[i], duration=duration, fps=video.fps, size=RENDER_SIZE, sample_rate=audio.sample_rate)
+        mels.append(audio.log_mel(torch.from_numpy(clip.audio)))
+        frames.append(resize_frames(torch.from_numpy(clip.frames), video.frame_size))
+    out = SynthSet(torch.stack(mels), torch.stack(frames), seeds)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"mels": out.mels.contiguous(), "frames": out.frames.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    return out
+
+
+def synth_v2a_source(
+    num_clips: int = 2000,
+    duration: float = 4.0,
+    seed: int = 0,
+    audio: dict[str, Any] | None = None,
+    video: dict[str, Any] | None = None,
+) -> TensorData:
+    """The registered ``"synth_v2a"`` data source: normalised log-mels with ``{"video": frames}``.
+
+    ``audio`` must carry the normalisation statistics the model uses (the recipe fits them on the same set).
+    """
+    spec = AudioSpec.from_dict(audio) if audio else AudioSpec()
+    vspec = VideoSpec.from_dict(video) if video else VideoSpec()
+    data = build_synth_set(num_clips, duration, seed, spec, vspec)
+    if not spec.mel_mean:
+        spec.fit_stats(data.mels)
+    return TensorData(spec.normalize(data.mels), {"video": data.frames})
+
+
+register_dataset("synth_v2a", synth_v2a_source)
