@@ -1,44 +1,141 @@
-"""The v2a-sample command line: guidance listing/explanation and one-line errors."""
+"""The v2a-sample command line: end to end on generated clips, every bad input, guidance listing."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+from media import make_bad_inputs
+from safetensors.torch import load_file, save_file
+from test_pipeline import TINY, _tiny_model
 from typer.testing import CliRunner
 
+from v2a_sampler import io
 from v2a_sampler.cli import app
+from v2a_sampler.models.v2a_flow import V2AFlow
+from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.synth import make_clip, write_mp4
 
 runner = CliRunner()
+FAST = ["--steps", "2", "--quiet"]
 
 
-def test_list_guidance_shows_every_preset():
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "v2a_sampler.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess, code: int, msg: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    Pipeline(_tiny_model(0), _tiny_model(1)).save_pretrained(root / "model")
+    for name, dur, fps in [("one", 1.6, 29.97), ("two", 1.2, 12.0)]:
+        write_mp4(make_clip(3, duration=dur, fps=fps, size=48), root / f"{name}.mp4")
+    bad = make_bad_inputs(root)
+    return {"root": root, "model": str(root / "model"), **bad}
+
+
+def test_generates_wav_and_mux_next_to_the_video(env):
+    video = env["root"] / "one.mp4"
+    proc = cli(str(video), "--model", env["model"], "--mux", "--spectrogram", str(env["root"] / "one.png"), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    wav, mp4 = env["root"] / "one.wav", env["root"] / "one_v2a.mp4"
+    audio, sr = io.read_audio(wav)
+    assert abs(audio.shape[-1] / sr - io.probe_video(video).duration) < 0.1
+    assert audio.abs().max() > 1e-3  # not silent
+    info = io.probe_video(mp4)
+    assert info.has_audio and abs(info.duration - io.probe_video(video).duration) < 0.1
+    assert (env["root"] / "one.png").stat().st_size > 1000
+    assert "NFE 8" in proc.stdout and str(wav) in proc.stdout  # hg: 4 branches x 2 steps
+    # refuses to overwrite, and leaves the files as they were
+    before = wav.read_bytes()
+    one_error_line(cli(str(video), "--model", env["model"], *FAST), 2, "output exists")
+    assert wav.read_bytes() == before
+    assert cli(str(video), "--model", env["model"], "--overwrite", "--seed", "5", *FAST).returncode == 0
+    assert wav.read_bytes() != before
+
+
+def test_glob_out_folder_and_seed_determinism(env, tmp_path):
+    pattern = str(env["root"] / "[ot][nw][eo].mp4")  # one.mp4 and two.mp4
+    outs = []
+    for sub in ("a", "b"):
+        proc = cli(pattern, "--model", env["model"], "--out", str(tmp_path / sub), "-g", "cfg(3)", *FAST)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(sorted(p.name for p in (tmp_path / sub).iterdir()))
+    assert outs[0] == outs[1] == ["one.wav", "two.wav"]
+    for name in outs[0]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "key, msg",
+    [
+        ("missing", "input not found"),
+        ("empty", "empty"),
+        ("notes", "not a media file"),
+        ("sound", "no video stream"),
+        ("noframes", "no frames"),
+        ("unknown_codec", "codec not supported"),
+    ],
+)
+def test_bad_videos(env, key, msg, tmp_path):
+    path = env["root"] / "missing.mp4" if key == "missing" else env[key]
+    proc = cli(str(path), "--model", env["model"], "--out", str(tmp_path), *FAST)
+    one_error_line(proc, 2, msg)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_bad_models(env, tmp_path):
+    video = str(env["root"] / "two.mp4")
+    # bad model whose shapes do not match the good one
+    other = tmp_path / "other"
+    Pipeline(_tiny_model(0)).save_pretrained(other)
+    audio8 = {**_tiny_model(0).arch_kwargs["audio"], "n_mels": 8, "mel_mean": [0.0] * 8, "mel_std": [1.0] * 8}
+    mismatched = V2AFlow(**{**TINY, "n_mels": 8}, audio=audio8, video=_tiny_model(0).arch_kwargs["video"])
+    Pipeline(mismatched).save_pretrained(tmp_path / "small")
+    one_error_line(cli(video, "--model", str(other), "--bad-model", str(tmp_path / "small"), "--out",
+                       str(tmp_path / "o1"), *FAST), 1, "bad model does not match the good model")  # fmt: skip
+    # corrupt weights
+    corrupt = tmp_path / "corrupt"
+    Pipeline(_tiny_model(0)).save_pretrained(corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+    one_error_line(cli(video, "--model", str(corrupt), "--out", str(tmp_path / "o2"), *FAST), 1, "cannot load model")
+    # NaNs appearing during sampling
+    nan = tmp_path / "nan"
+    Pipeline(_tiny_model(0)).save_pretrained(nan)
+    state = load_file(str(nan / "model.safetensors"))
+    state["tok_out.bias"] = torch.full_like(state["tok_out.bias"], float("nan"))
+    save_file(state, str(nan / "model.safetensors"))
+    one_error_line(cli(video, "--model", str(nan), "-g", "cfg(2)", "--out", str(tmp_path / "o3"), *FAST), 1, "NaN")
+    for d in ("o1", "o2", "o3"):
+        assert not (tmp_path / d).exists() or list((tmp_path / d).iterdir()) == []
+    one_error_line(cli(video, "--model", str(tmp_path / "nowhere"), *FAST), 1, "cannot load model")
+    one_error_line(cli(video, "--model", env["model"], "--solver", "rk4", *FAST), 2, "unknown solver")
+    one_error_line(cli(video, "--model", env["model"], "--bad-model", "none", *FAST), 2, "needs a bad model")
+
+
+def test_list_guidance_and_explain():
     res = runner.invoke(app, ["--list-guidance"])
     assert res.exit_code == 0
     for name in ("none", "cfg(w)", "ag(w)", "pg(w1,w2)", "hg(w1,w2,w3)", "order=ag", "G@[lo,hi]"):
         assert name in res.stdout
-
-
-def test_explain_prints_coefficients():
     res = runner.invoke(app, ["--guidance", "pg(2.7,0.15)", "--explain"])
     assert res.exit_code == 0
-    assert "+2.85" in res.stdout and "-1.7" in res.stdout and "-0.15" in res.stdout
-    assert "3 NFE/step" in res.stdout
+    assert "+2.85" in res.stdout and "-1.7" in res.stdout and "-0.15" in res.stdout and "3 NFE/step" in res.stdout
 
 
-@pytest.mark.parametrize(
-    "args, msg",
-    [
-        (["--guidance", "hg(1,2", "--explain"], "cannot parse guidance"),
-        (["missing.mp4"], "input not found: missing.mp4"),
-    ],
-)
-def test_errors_are_one_line_and_nonzero(args, msg, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "v2a_sampler.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0]
+def test_usage_errors(tmp_path):
+    one_error_line(cli("--guidance", "hg(1,2", "--explain"), 2, "cannot parse guidance")
+    one_error_line(cli(str(tmp_path / "*.mp4")), 2, "no file matches")
+    one_error_line(cli(str(tmp_path)), 2, "is a directory")

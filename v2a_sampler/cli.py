@@ -1,33 +1,45 @@
-"""``v2a-sample``: the command-line entry point.
+"""``v2a-sample``: generate soundtracks for videos from the command line.
 
-Every user error ends in one line on stderr and a non-zero exit code, never a traceback.
+    v2a-sample video.mp4 --guidance hg            # writes video.wav next to the video
+    v2a-sample clips/*.mp4 --out sounds/ --mux     # several inputs (or a quoted glob), WAV + muxed MP4 each
+
+Every user error ends in one ``error:`` line on stderr and a non-zero exit code, never a traceback; outputs are
+written atomically and existing files are never replaced without ``--overwrite``.
 """
 
 from __future__ import annotations
 
+import glob
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
 from . import guidance as G
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad arguments or inputs
+EXIT_RUNTIME = 1  # the run itself failed (model, numerics)
+MUX_SUFFIX = "_v2a"  # video.mp4 -> video_v2a.mp4
+GLOB_CHARS = "*?["
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print one error line and return the exit to raise."""
-    err.print(f"error: {message}", markup=False)
-    return typer.Exit(code)
+class CliError(Exception):
+    """A user-facing failure: one line, an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _version(value: bool) -> None:
@@ -44,12 +56,11 @@ def _list_guidance() -> None:
     for spec, formula, nfe in G.presets():
         table.add_row(escape(spec), escape(formula), escape(nfe))
     out.print(table)
-    defaults = ", ".join(f"{k}{tuple(v) if len(v) > 1 else '(' + str(v[0]) + ')'}" for k, v in G.PAPER_DEFAULTS.items())
+    defaults = ", ".join(f"{k}({','.join(f'{v:g}' for v in vals)})" for k, vals in G.PAPER_DEFAULTS.items())
     out.print(f"Bare names use AudioMoG's V2A settings: {defaults}.", markup=False)
 
 
-def _explain(spec: str) -> None:
-    g = G.parse(spec)
+def _explain(g: G.Guidance) -> None:
     table = Table(title=escape(f"{g.spec()}  ({g.nfe_per_step} NFE/step, affine={g.is_affine})"))
     table.add_column("branch")
     table.add_column("coefficient", justify="right")
@@ -60,9 +71,80 @@ def _explain(spec: str) -> None:
         out.print(f"Outside noise levels [{g.lo:g}, {g.hi:g}]: {g.fallback.spec()}", markup=False)
 
 
+def expand_inputs(args: list[str]) -> list[Path]:
+    """Paths from arguments; arguments with glob characters that are not files are expanded (sorted)."""
+    paths: list[Path] = []
+    for a in args:
+        if any(ch in a for ch in GLOB_CHARS) and not Path(a).exists():
+            hits = sorted(glob.glob(a, recursive=True))
+            if not hits:
+                raise CliError(f"no file matches {a}")
+            paths += [Path(h) for h in hits]
+        else:
+            paths.append(Path(a))
+    for p in paths:
+        if not p.exists():
+            raise CliError(f"input not found: {p}")
+        if p.is_dir():
+            raise CliError(f"input is a directory, not a video: {p}")
+    return paths
+
+
+def plan_outputs(inputs: list[Path], out_arg: Path | None, mux: bool) -> list[tuple[Path, Path | None]]:
+    """``(wav, mp4 or None)`` per input: next to the input, inside ``--out`` (a folder), or ``--out`` itself."""
+    if out_arg is not None and len(inputs) > 1 and out_arg.suffix.lower() == ".wav":
+        raise CliError(f"--out {out_arg} names one file but {len(inputs)} inputs were given; pass a folder")
+    plans = []
+    for src in inputs:
+        if out_arg is None:
+            wav = src.with_suffix(".wav")
+        elif out_arg.suffix.lower() == ".wav":
+            wav = out_arg
+        else:
+            wav = out_arg / (src.stem + ".wav")
+        mp4 = wav.with_name(wav.stem + MUX_SUFFIX + ".mp4") if mux else None
+        plans.append((wav, mp4))
+    names = [p for pair in plans for p in pair if p is not None]
+    dupes = {str(p) for p in names if names.count(p) > 1}
+    if dupes:
+        raise CliError(f"several inputs would write the same output: {sorted(dupes)[0]} (use distinct names)")
+    return plans
+
+
+def _check_overwrite(plans: list[tuple[Path, Path | None]], extra: list[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    for p in [q for pair in plans for q in pair if q is not None] + extra:
+        if p.exists():
+            raise CliError(f"output exists: {p} (pass --overwrite to replace it)")
+
+
+def _save_spectrogram(mel, path: Path, title: str, overwrite: bool) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
+    from .io import atomic_output
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("mel band")
+    fig.tight_layout()
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 @app.command()
 def main(
-    videos: Annotated[list[Path] | None, typer.Argument(help="Input video files.", show_default=False)] = None,
+    videos: Annotated[
+        list[str] | None, typer.Argument(help="Input videos (paths or quoted globs).", show_default=False)
+    ] = None,
     guidance: Annotated[
         str,
         typer.Option(
@@ -72,35 +154,141 @@ def main(
             "linear combinations, intervals G@[lo,hi]. See --list-guidance.",
         ),
     ] = "hg",
+    solver: Annotated[str, typer.Option(help="euler, heun, dpmpp_2m or dpmpp_2m_sde.")] = "euler",
+    steps: Annotated[int, typer.Option(min=1, help="Solver steps.")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed; input i uses seed + i.")] = 0,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output .wav (one input) or folder (default: next to input).")
+    ] = None,
+    mux: Annotated[bool, typer.Option("--mux", help="Also write <name>_v2a.mp4 with the new soundtrack.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds from the start to score (default: whole video).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model folder or Hugging Face repo id (default: the embedded model).")
+    ] = None,
+    bad_model: Annotated[
+        str | None, typer.Option(help="Bad model folder/repo id; 'none' disables (default: the model's bad/).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    spectrogram: Annotated[
+        Path | None, typer.Option(help="Write a PNG of the generated log-mel (a folder for several inputs).")
+    ] = None,
     list_guidance: Annotated[bool, typer.Option("--list-guidance", help="Show guidance presets and exit.")] = False,
     explain: Annotated[
         bool, typer.Option("--explain", help="Print the branch coefficients and NFE of --guidance and exit.")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    """Generate a soundtrack for each video with guided flow/diffusion sampling."""
+    """Generate a soundtrack for each video with guided flow sampling (WAV, and with --mux an MP4)."""
     if list_guidance:
         _list_guidance()
         return
     try:
-        G.parse(guidance)
-    except ValueError as e:
-        raise fail(str(e)) from None
-    if explain:
-        _explain(guidance)
-        return
-    if not videos:
-        raise fail("no input video given (see v2a-sample --help)")
-    for v in videos:
-        if not v.exists():
-            raise fail(f"input not found: {v}")
-    raise fail(
-        "no video-to-audio model is bundled in this version yet; the embedded model arrives with the Pipeline "
-        "(see README). Try --list-guidance or --explain.",
-        code=3,
-    )
+        g = G.parse(guidance)
+        if explain:
+            _explain(g)
+            return
+        if not videos:
+            raise CliError("no input video given (see v2a-sample --help)")
+        _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, model, bad_model, device, dtype,
+             spectrogram, quiet)  # fmt: skip
+    except CliError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(e.code) from None
+    except ValueError as e:  # includes V2AInputError
+        err.print(f"error: {_first_line(e)}", markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (RuntimeError, FloatingPointError, OSError) as e:
+        err.print(f"error: {_first_line(e)}", markup=False)
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, model, bad_model, device, dtype,
+         spectrogram, quiet) -> None:  # fmt: skip
+    import torch
+
+    from . import solvers
+    from .pipeline import Pipeline
+
+    solvers.solver_name(solver)  # validate before any work
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise CliError(f"unknown dtype {dtype!r}; expected float32, float16 or bfloat16")
+    if duration is not None and not duration > 0:
+        raise CliError(f"--duration must be positive, got {duration}")
+    inputs = expand_inputs(videos)
+    plans = plan_outputs(inputs, out_path, mux)
+    pngs: list[Path] = []
+    if spectrogram is not None:
+        if len(inputs) > 1 or spectrogram.suffix.lower() != ".png":
+            pngs = [spectrogram / (src.stem + ".png") for src in inputs]
+        else:
+            pngs = [spectrogram]
+    _check_overwrite(plans, pngs, overwrite)
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise CliError(f"unknown device {device!r}") from None
+    bad_arg: str | bool | None = False if (bad_model or "").lower() == "none" else bad_model
+    t_load = time.perf_counter()
+    try:
+        pipe = Pipeline.from_pretrained(model, bad=bad_arg, device=torch_device, dtype=getattr(torch, dtype))
+    except (ValueError, RuntimeError) as e:
+        raise CliError(f"cannot load model {model or '(embedded)'}: {_first_line(e)}", EXIT_RUNTIME) from None
+    except Exception as e:  # corrupt weights surface as library-specific errors
+        raise CliError(f"cannot load model {model or '(embedded)'}: {type(e).__name__}: {_first_line(e)}",
+                       EXIT_RUNTIME) from None  # fmt: skip
+    pipe.model.to(getattr(torch, dtype))
+    if pipe.bad is not None:
+        pipe.bad.to(getattr(torch, dtype))
+    g = G.resolve(g, pipe.model, pipe.bad)
+    load_s = time.perf_counter() - t_load
+    nfe = pipe.nfe(g, solver, steps)
+    stages = nfe // g.nfe_per_step
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        files = progress.add_task("videos", total=len(inputs))
+        for i, (src, (wav, mp4)) in enumerate(zip(inputs, plans, strict=True)):
+            t0 = time.perf_counter()
+            task = progress.add_task(f"{src.name}", total=stages)
+
+            def tick(_info, task=task):
+                progress.advance(task)
+
+            audio = pipe(src, guidance=g, solver=solver, steps=steps, seed=seed + i, duration=duration, callback=tick)
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            audio.save(wav, overwrite=overwrite)
+            written = [wav]
+            if mp4 is not None:
+                audio.mux(src, mp4, overwrite=overwrite)
+                written.append(mp4)
+            if pngs:
+                pngs[i].parent.mkdir(parents=True, exist_ok=True)
+                _save_spectrogram(audio.mel, pngs[i], f"{src.name}  {g.spec()}", overwrite)
+                written.append(pngs[i])
+            progress.remove_task(task)
+            progress.advance(files)
+            secs = time.perf_counter() - t0 + (load_s if i == 0 else 0.0)
+            names = ", ".join(str(w) for w in written)
+            out.print(f"{src.name}: {g.spec()} {solver} x{steps}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}",
+                      markup=False, soft_wrap=True)  # fmt: skip
 
 
 def run() -> None:

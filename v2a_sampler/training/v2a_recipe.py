@@ -19,6 +19,7 @@ from typing import Any
 
 from ..features import AudioSpec, VideoSpec
 from ..models import from_pretrained, save_pretrained
+from ..models import v2a_flow as _v2a_flow  # noqa: F401  (registers "v2a_flow")
 from .data import TensorData
 from .synth_v2a import build_synth_set
 from .trainer import TrainConfig, checkpoint_name, train
