@@ -118,6 +118,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     changes = _config_changes(args)
     if "arch_kwargs" in changes:
         changes["arch_kwargs"] = {**base.arch_kwargs, **changes["arch_kwargs"]}
+    if "iterations" in changes and "checkpoint_at" not in changes:  # a shorter run keeps the checkpoints that fit
+        changes["checkpoint_at"] = [i for i in base.checkpoint_at if i <= changes["iterations"]]
     cfg = base.replace(**changes)
     _report(train(cfg, args.out, resume=args.resume, progress=not args.no_progress))
 
