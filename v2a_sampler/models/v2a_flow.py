@@ -1,7 +1,9 @@
 """A small video-conditioned flow transformer over log-mel frames (the embedded V2A model).
 
 Audio is a normalised log-mel spectrogram ``x: [B, n_mels, T]``; every ``patch`` consecutive mel frames form one
-token. Video arrives as frames ``[B, Tv, H, W, 3]`` (uint8 or float in [0, 1]) sampled at a fixed rate; a small
+token. There are no absolute positions: a token-embedding convolution and depthwise convolutions in every block
+carry local order, so the model is translation-equivariant and generates any duration (it is trained on short
+crops). Video arrives as frames ``[B, Tv, H, W, 3]`` (uint8 or float in [0, 1]) sampled at a fixed rate; a small
 frame encoder (per-frame CNN on the frame and its temporal difference, then a temporal convolution) turns them into
 features ``[B, Tv, video_dim]`` once per sample (:meth:`V2AFlow.encode_conditions`), which are resampled to the
 token rate and added to the audio tokens. A pooled copy joins the time embedding in the adaptive layer norms
@@ -29,6 +31,9 @@ from .registry import register_architecture
 KEEP_KEY = "video_keep"
 #: Scale of the time argument of the sinusoidal embedding (t in [0, 1]).
 TIME_SCALE = 1000.0
+#: Width (in tokens) of the depthwise convolutions that give the blocks local temporal order. The model has no
+#: absolute positions, so it is translation-equivariant and runs on any duration (it is trained on short crops).
+LOCAL_KERNEL = 5
 
 
 def _sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
@@ -88,12 +93,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.local = nn.Conv1d(dim, dim, LOCAL_KERNEL, padding=LOCAL_KERNEL // 2, groups=dim)
         self.mod = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         s1, g1, b1, s2, g2, b2 = self.mod(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
+        h = h + self.local(h.transpose(1, 2)).transpose(1, 2)  # local order (there are no absolute positions)
         y = self.norm1(h) * (1 + s1) + b1
         q, k, v = self.qkv(y).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
@@ -159,7 +166,7 @@ class V2AFlow(DenoiserModule):
         self.n_mels, self.patch, self.dim = n_mels, patch, dim
         self.encoder = FrameEncoder(video_dim, frame_size, encoder_width)
         self.null_video = nn.Parameter(torch.zeros(video_dim))
-        self.tok_in = nn.Linear(n_mels * patch, dim)
+        self.tok_in = nn.Conv1d(n_mels * patch, dim, 3, padding=1)
         self.video_in = nn.Linear(video_dim, dim)
         self.global_in = nn.Linear(video_dim, dim)
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -225,7 +232,7 @@ class V2AFlow(DenoiserModule):
         n_tok = xp.shape[-1] // self.patch
         dtype = self.tok_in.weight.dtype
         tok = xp.to(dtype).unflatten(-1, (n_tok, self.patch)).permute(0, 2, 1, 3).flatten(2)  # B N (mels*patch)
-        h = self.tok_in(tok) + _sinusoid(torch.arange(n_tok, device=x.device), self.dim).to(dtype)
+        h = self.tok_in(tok.transpose(1, 2)).transpose(1, 2)
         video = self._video_features(cond, b, dtype, x.device)  # B Tv D
         aligned = F.interpolate(video.transpose(1, 2), size=n_tok, mode="linear", align_corners=False)
         h = h + self.video_in(aligned.transpose(1, 2))

@@ -91,22 +91,57 @@ def build_synth_set(
     return out
 
 
+class ClipCrops:
+    """Random aligned crops: ``crop`` video frames and the matching ``crop * ratio`` mel frames of random clips.
+
+    Mel frame ``ratio * k`` and video frame ``k`` sit at the same time (``ratio = mel rate / video fps``).
+    """
+
+    def __init__(self, mels: torch.Tensor, frames: torch.Tensor, crop: int, ratio: int) -> None:
+        if frames.shape[1] < crop:
+            raise ValueError(f"clips have {frames.shape[1]} video frames, fewer than the crop of {crop}")
+        if mels.shape[-1] < ratio * frames.shape[1]:
+            raise ValueError("mel frames do not cover the video frames at the given ratio")
+        self.mels, self.frames, self.crop, self.ratio = mels, frames, crop, ratio
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        idx = torch.randint(self.frames.shape[0], (batch_size,), generator=generator)
+        start = torch.randint(self.frames.shape[1] - self.crop + 1, (batch_size,), generator=generator)
+        pairs = list(zip(idx.tolist(), start.tolist(), strict=True))
+        mel = torch.stack([self.mels[i, :, self.ratio * s : self.ratio * (s + self.crop)] for i, s in pairs])
+        vid = torch.stack([self.frames[i, s : s + self.crop] for i, s in pairs])
+        return mel, {"video": vid}
+
+
+def mel_video_ratio(audio: AudioSpec, video: VideoSpec) -> int:
+    """Mel frames per video frame (must be a whole number)."""
+    ratio = audio.frame_rate / video.fps
+    if abs(ratio - round(ratio)) > 1e-9:
+        raise ValueError(f"mel rate {audio.frame_rate:g} is not a multiple of the video rate {video.fps:g}")
+    return int(round(ratio))
+
+
 def synth_v2a_source(
     num_clips: int = 2000,
     duration: float = 4.0,
     seed: int = 0,
     audio: dict[str, Any] | None = None,
     video: dict[str, Any] | None = None,
-) -> TensorData:
+    crop_seconds: float | None = None,
+) -> TensorData | ClipCrops:
     """The registered ``"synth_v2a"`` data source: normalised log-mels with ``{"video": frames}``.
 
-    ``audio`` must carry the normalisation statistics the model uses (the recipe fits them on the same set).
+    ``audio`` must carry the normalisation statistics the model uses (the recipe fits them on the same set);
+    ``crop_seconds`` draws random aligned crops of that length instead of whole clips.
     """
     spec = AudioSpec.from_dict(audio) if audio else AudioSpec()
     vspec = VideoSpec.from_dict(video) if video else VideoSpec()
     data = build_synth_set(num_clips, duration, seed, spec, vspec)
     if not spec.mel_mean:
         spec.fit_stats(data.mels)
+    if crop_seconds:
+        crop = int(round(crop_seconds * vspec.fps))
+        return ClipCrops(spec.normalize(data.mels), data.frames, crop, mel_video_ratio(spec, vspec))
     return TensorData(spec.normalize(data.mels), {"video": data.frames})
 
 
