@@ -5,6 +5,7 @@
 * :func:`save_pretrained` / :func:`from_pretrained`: ``model.safetensors`` + ``config.json`` folders, local or on
   the Hugging Face Hub.
 * :class:`ToyMLP` (``"mlp"``): the class-conditional MLP of the 2D guidance lab.
+* :class:`V2AFlow` (``"v2a_flow"``): the video-conditioned flow transformer of the embedded V2A model.
 """
 
 from .base import DenoiserModule, schedule_terms, time_from_noise_level
@@ -23,8 +24,10 @@ from .registry import (
     resolve_folder,
     save_pretrained,
 )
+from .v2a_flow import V2AFlow  # importing registers "v2a_flow"
 
 __all__ = [
+    "V2AFlow",
     "CONFIG_NAME",
     "NULL_LABEL",
     "WEIGHTS_NAME",

@@ -3,9 +3,12 @@
 from .data import DataSource, TensorData, make_dataset, register_dataset
 from .ema import EMA
 from .objectives import amg_target, amg_weight_at, flow_matching_loss
+from .synth_v2a import ClipCrops, build_synth_set  # importing registers the "synth_v2a" data set
 from .trainer import TrainConfig, TrainResult, evaluate_loss, list_checkpoints, train
 
 __all__ = [
+    "ClipCrops",
+    "build_synth_set",
     "EMA",
     "DataSource",
     "TensorData",

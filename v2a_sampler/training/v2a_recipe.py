@@ -21,7 +21,6 @@ import torch
 
 from ..features import AudioSpec, VideoSpec
 from ..models import from_pretrained, save_pretrained
-from ..models import v2a_flow as _v2a_flow  # noqa: F401  (registers "v2a_flow")
 from .synth_v2a import ClipCrops, build_synth_set, mel_video_ratio
 from .trainer import TrainConfig, checkpoint_name, train
 
