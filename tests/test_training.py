@@ -57,9 +57,9 @@ def toy_data():
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """One run of 200 iterations with checkpoints after 10 and 200 (shared by several tests)."""
+    """One run of 120 iterations with checkpoints after 10 and 120 (shared by several tests)."""
     out = tmp_path_factory.mktemp("run")
-    cfg = TINY.replace(iterations=200, checkpoint_at=[10])
+    cfg = TINY.replace(iterations=120, checkpoint_at=[10])
     return train(cfg, out, progress=False), out
 
 
@@ -74,21 +74,21 @@ def test_trainer_reduces_loss_on_toy(short_run, toy_data):
     after = evaluate_loss(result.denoiser, toy_data, num_samples=8192)
     assert after < 0.8 * before, (before, after)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert [h["iteration"] for h in result.history] == list(range(10, 201, 10))
+    assert [h["iteration"] for h in result.history] == list(range(10, 121, 10))
 
 
 def test_earlier_checkpoint_is_worse(short_run, toy_data, tmp_path):
     result, out = short_run
-    assert sorted(list_checkpoints(out)) == [10, 200]
+    assert sorted(list_checkpoints(out)) == [10, 120]
     early = earlier_checkpoint(out, 10, out=tmp_path / "bad")
-    final = from_pretrained(out / "iter-000200")
-    assert early.config["training"]["iteration"] == 10 and final.config["training"]["iteration"] == 200
+    final = from_pretrained(out / "iter-000120")
+    assert early.config["training"]["iteration"] == 10 and final.config["training"]["iteration"] == 120
     assert (tmp_path / "bad" / "model.safetensors").is_file()
     for drop in (False, True):  # conditional and unconditional branches
         loss_early = evaluate_loss(early, toy_data, num_samples=8192, drop=drop)
         loss_final = evaluate_loss(final, toy_data, num_samples=8192, drop=drop)
         assert loss_early > 1.1 * loss_final, (drop, loss_early, loss_final)
-    with pytest.raises(ValueError, match="no checkpoint at iteration 11; saved iterations: 10, 200"):
+    with pytest.raises(ValueError, match="no checkpoint at iteration 11; saved iterations: 10, 120"):
         earlier_checkpoint(out, 11)
 
 
@@ -259,7 +259,7 @@ def test_reduced_capacity_and_finetune(short_run, tmp_path, toy_data):
     with pytest.raises(ValueError, match="needs arch_overrides"):
         train_reduced(TINY)
 
-    base = out / "iter-000200"
+    base = out / "iter-000120"
     ft = finetune(base, tmp_path / "ft", iterations=5, lr=1e-4, progress=False)
     assert ft.config.init_from == str(base) and ft.config.lr == 1e-4 and sorted(ft.checkpoints) == [5]
     tuned = from_pretrained(tmp_path / "ft" / "iter-000005")
