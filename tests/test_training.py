@@ -39,7 +39,7 @@ TINY = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny networks train fastest on one thread (and do not fight other processes for cores)."""
     before = torch.get_num_threads()

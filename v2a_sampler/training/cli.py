@@ -7,7 +7,7 @@ Examples::
     v2a-train reduced --from runs/good --arch-kw hidden_dim=32 --iters 512 --out runs/small
     v2a-train finetune --base runs/good/iter-004096 --iters 256 --set lr=5e-4 --out runs/ft
     v2a-train fit --config runs/good/iter-004096/config.json --amg-weight 0.5 --out runs/amg
-    v2a-train toy2d --out models/toy2d        # the 2D lab's good + bad models
+    v2a-train --threads 1 toy2d --out models/toy2d   # the 2D lab's good + bad models
     v2a-train show runs/good/iter-004096
 
 Every model folder written loads with ``v2a_sampler.models.from_pretrained``. Also runs as
@@ -177,6 +177,7 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="v2a-train", description="Train denoisers and make bad models.")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (small models train fastest on 1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="train a model (flow matching, optional AMG)")
@@ -222,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``v2a-train``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError, TypeError) as e:
