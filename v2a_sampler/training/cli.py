@@ -165,6 +165,17 @@ def _cmd_toy2d(args: argparse.Namespace) -> None:
         print(f"{kind}: {path}")
 
 
+def _cmd_v2a(args: argparse.Namespace) -> None:
+    from .v2a_recipe import QUICK, train_embedded
+
+    recipe = dict(QUICK) if args.quick else {}
+    if args.iters:
+        recipe["iterations"] = args.iters
+        recipe.setdefault("bad_iteration", max(1, args.iters // 10))
+    path = train_embedded(args.out, recipe, export=args.export, resume=args.resume, progress=not args.no_progress)
+    print(f"pipeline folder: {path}")
+
+
 def _cmd_show(args: argparse.Namespace) -> None:
     from ..models import load_config
 
@@ -213,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_toy2d)
+
+    p = sub.add_parser("v2a", help="train the embedded V2A model and its bad model (the shipped recipe)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints and the exported pipeline)")
+    p.add_argument("--export", default=None, help="where to write the pipeline folder (default: OUT/model)")
+    p.add_argument("--iters", type=int, default=None, help="override the recipe's iterations")
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks the recipe end to end")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_v2a)
 
     p = sub.add_parser("show", help="print a model folder's config and training metadata")
     p.add_argument("path")
