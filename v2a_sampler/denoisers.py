@@ -326,6 +326,15 @@ def normalize_drop(drop: str | Collection[str] | None, names: Collection[str]) -
     return frozenset(drop)
 
 
+def check_drop(names: Collection[str], condition_names: Collection[str]) -> frozenset[str]:
+    """``names`` as a frozenset; raises if any is not one of the model's ``condition_names``."""
+    names = frozenset(names)
+    unknown = names - set(condition_names)
+    if unknown:
+        raise ValueError(f"cannot drop unknown condition(s) {sorted(unknown)}; model has {tuple(condition_names)}")
+    return names
+
+
 @runtime_checkable
 class Denoiser(Protocol):
     """Any network the SDK can sample from.
@@ -385,12 +394,9 @@ class FnDenoiser:
         return self.fn(x, t, cond)
 
     def drop(self, cond: Cond | None, names: Collection[str]) -> Cond | None:
-        names = frozenset(names)
+        names = check_drop(names, self.condition_names)
         if not names:
             return cond
-        unknown = names - set(self.condition_names)
-        if unknown:
-            raise ValueError(f"cannot drop unknown condition(s) {sorted(unknown)}; model has {self.condition_names}")
         if cond is None:
             return None
         if not isinstance(cond, Mapping):

@@ -102,27 +102,12 @@ def dpmpp_2m(
     schedule: Schedule,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M): multistep second order in log-SNR; first order on the first and last steps."""
-    old_x0: torch.Tensor | None = None
-    h_last = math.inf
-    for i in range(len(timesteps) - 1):
-        t, s = float(timesteps[i]), float(timesteps[i + 1])
-        now, nxt = _terms(schedule, t), _terms(schedule, s)
-        x0 = denoise(x, t)
-        if nxt.sigma == 0.0:
-            x = nxt.alpha * x0
-        else:
-            h = nxt.log_snr - now.log_snr
-            if old_x0 is None:
-                d = x0
-            else:
-                r = h_last / h
-                d = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * old_x0
-            x = (nxt.sigma / now.sigma) * x - nxt.alpha * math.expm1(-h) * d
-            h_last = h
-        old_x0 = x0
-        _emit(callback, i=i, t=t, t_next=s, x=x, denoised=x0)
-    return x
+    """DPM-Solver++(2M): multistep second order in log-SNR; first order on the first and last steps.
+
+    It is the ``eta = 0`` case of :func:`dpmpp_2m_sde`: with ``r = h_last / h`` the update is
+    ``x_s = (sigma_s / sigma_t) x_t - alpha_s expm1(-h) ((1 + 1 / 2r) x0 - (1 / 2r) x0_prev)``.
+    """
+    return dpmpp_2m_sde(denoise, x, timesteps, schedule, callback, eta=0.0)
 
 
 def dpmpp_2m_sde(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..denoisers import Cond, FlowSchedule, Prediction, Schedule
+from ..denoisers import Cond, FlowSchedule, Prediction, Schedule, check_drop
 
 _UNSET: Any = object()
 
@@ -55,12 +55,9 @@ class DenoiserModule(nn.Module):
 
     def drop(self, cond: Cond | None, names: Collection[str]) -> Cond | None:
         """``cond`` with the named conditions replaced by ``None`` (the module's null for them)."""
-        names = frozenset(names)
+        names = check_drop(names, self.condition_names)
         if not names:
             return cond
-        unknown = names - set(self.condition_names)
-        if unknown:
-            raise ValueError(f"cannot drop unknown condition(s) {sorted(unknown)}; model has {self.condition_names}")
         if cond is None:
             return None
         out = dict(cond)
