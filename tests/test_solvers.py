@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -333,3 +336,46 @@ def test_branches_of_one_model_share_one_batched_forward():
         assert calls == [3] * (sum(per_stage) * stages)
         assert info1.nfe == info.nfe
         assert torch.allclose(batched, single, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("spec", ["none", "cfg(3)", "hg(2.7,2.5,1.2)", "ag(2)@[0.2,0.9]"])
+def test_fused_step_path_equals_the_solver_functions(solver, spec):
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    good = classes.denoiser("velocity", D.FlowSchedule(1.0))
+    bad = ConditionalGaussianMixture(
+        [GaussianMixture.gaussian(MEAN, COV * 2.0), GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2))]
+    ).denoiser("x0", D.FlowSchedule(1.0))
+    cond = {"label": torch.tensor([0, 1] * 4)}
+    outs, infos = [], []
+    for fused in (False, True):
+        gens = [torch.Generator().manual_seed(i) for i in range(8)]
+        x, info = solvers.sample(good, _noise(8), cond, guidance=spec, bad=bad, solver=solver, steps=9,
+                                 generator=gens, fused=fused)  # fmt: skip
+        outs.append(x)
+        infos.append(info)
+    assert torch.allclose(outs[0], outs[1], atol=1e-10)
+    assert infos[0].nfe == infos[1].nfe
+    with pytest.raises(ValueError, match="no fused path"):
+        solvers.sample(good, _noise(2), guidance="none", solver="heun", steps=2, fused=True)
+
+
+def test_fused_sampling_through_the_triton_kernel_matches(tmp_path):
+    pytest.importorskip("triton")
+    script = """
+import torch
+from v2a_sampler import solvers, FlowSchedule
+from v2a_sampler.analytic import gaussian_denoiser
+den = gaussian_denoiser([1.0, -0.5], torch.tensor([[0.3, 0.2], [0.2, 2.0]]), "velocity", FlowSchedule(1.0))
+noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+for solver in ("euler", "dpmpp_2m", "dpmpp_2m_sde"):
+    ref = solvers.sample(den, noise, guidance="none", solver=solver, steps=6, fused=False,
+                         generator=torch.Generator().manual_seed(1))[0]
+    tri = solvers.sample(den, noise, guidance="none", solver=solver, steps=6, fused=True,
+                         generator=torch.Generator().manual_seed(1))[0]
+    assert torch.allclose(ref, tri, atol=1e-5), (solver, (ref - tri).abs().max())
+print("ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "V2A_KERNELS": "triton"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -73,8 +73,8 @@ class GuidedDenoiser:
             out[key] = out.get(key, 0.0) + c
         return {k: c for k, c in out.items() if abs(c) > ZERO_TOL}
 
-    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Guided x0 estimate at state ``x`` and model time ``t`` (a Python float)."""
+    def branch_predictions(self, x: torch.Tensor, t: float) -> tuple[list[torch.Tensor], list[float]]:
+        """The evaluated branch predictions (in the good model's prediction type) and their coefficients at ``t``."""
         terms = self.model.schedule.terms(t)
         plan = self.plan(terms.noise_level)
         x_in = x if self.model_dtype is None else x.to(self.model_dtype)
@@ -99,8 +99,13 @@ class GuidedDenoiser:
             self.nfe_by_role[role] += len(group)
         self.nfe += len(preds)
         self.calls += 1
+        return preds, coeffs
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Guided x0 estimate at state ``x`` and model time ``t`` (a Python float)."""
+        preds, coeffs = self.branch_predictions(x, t)
         guided = combine(preds, coeffs, out_dtype=x.dtype)
-        return to_x0(self.model.prediction, x, guided, terms)
+        return to_x0(self.model.prediction, x, guided, self.model.schedule.terms(t))
 
     def _forward(
         self,
