@@ -72,3 +72,20 @@ def test_save_and_load_round_trip(tmp_path):
     x, t, cond = _inputs()
     with torch.no_grad():
         assert torch.allclose(loaded(x, t, cond), m(x, t, cond), atol=1e-6)
+
+
+def test_good_and_bad_model_in_one_stacked_pass():
+    good, bad = _model(0), _model(1)
+    x = torch.randn(2, 16, 21, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cond = good.encode_conditions(_inputs()[2])
+        bad_cond = bad.encode_conditions(_inputs()[2])
+        outs = {}
+        for stack in (False, True):
+            outs[stack] = solvers.sample(good, x, cond, guidance="hg", bad=bad, bad_cond=bad_cond, steps=3,
+                                         stack_models=stack)  # fmt: skip
+    assert torch.allclose(outs[True][0], outs[False][0], atol=1e-4)
+    assert outs[True][1].nfe == outs[False][1].nfe == 12
+    assert outs[True][1].forwards == 3 and outs[False][1].forwards == 6  # one vmapped call per step
+    with pytest.raises(ValueError, match="share one architecture"):
+        solvers.sample(good, x, cond, guidance="hg", bad=V2AFlow(**{**TINY, "dim": 16}), steps=1, stack_models=True)

@@ -8,6 +8,7 @@ evaluation: a forward over k stacked branches counts k NFE.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Any
 
@@ -30,6 +31,9 @@ class GuidedDenoiser:
         model_dtype: dtype the networks are fed with; predictions are combined in at least float32.
         batch_branches: evaluate all branches of one model in a single forward (conditions concatenated along the
             batch) when the model can stack its conditions (``batch_conditions``); NFE counts are unchanged.
+        stack_models: evaluate the good and the bad model in one vectorised pass over stacked weights
+            (``torch.func.functional_call`` + ``vmap``) when they share an architecture and need the same number of
+            branches. Off by default: on CPU it measured slower than two forwards (benchmarks/speed.py).
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class GuidedDenoiser:
         bad_cond: Cond | None = None,
         model_dtype: torch.dtype | None = None,
         batch_branches: bool = True,
+        stack_models: bool = False,
     ) -> None:
         if guidance.needs_bad_model:
             if bad is None:
@@ -53,6 +58,7 @@ class GuidedDenoiser:
         self.bad_cond = cond if bad_cond is None else bad_cond
         self.model_dtype = model_dtype
         self.batch_branches = batch_branches
+        self.stack = _ModelStack(model, bad) if (stack_models and guidance.needs_bad_model) else None
         self.nfe = 0
         self.nfe_by_role: Counter[str] = Counter()
         self.calls = 0
@@ -80,12 +86,19 @@ class GuidedDenoiser:
         x_in = x if self.model_dtype is None else x.to(self.model_dtype)
         t_dtype = torch.promote_types(x.dtype, torch.float32)
         preds, coeffs = [], []
-        for role in ROLES:
-            group = [(dropped, c) for (r, dropped), c in plan.items() if r == role]
+        groups = {role: [(dropped, c) for (r, dropped), c in plan.items() if r == role] for role in ROLES}
+        stacked = None
+        if self.stack is not None and groups["good"] and len(groups["good"]) == len(groups["bad"]):
+            stacked = self._forward_stacked(x_in, float(t), t_dtype, [[d for d, _ in groups[r]] for r in ROLES])
+        for k, role in enumerate(ROLES):
+            group = groups[role]
             if not group:
                 continue
             net, cond = self._role(role)
-            outs = self._forward(net, x_in, float(t), t_dtype, cond, [d for d, _ in group])
+            if stacked is not None:
+                outs = stacked[k]
+            else:
+                outs = self._forward(net, x_in, float(t), t_dtype, cond, [d for d, _ in group])
             for (dropped, c), pred in zip(group, outs, strict=True):
                 if pred.shape != x.shape:
                     raise ValueError(
@@ -106,6 +119,25 @@ class GuidedDenoiser:
         preds, coeffs = self.branch_predictions(x, t)
         guided = combine(preds, coeffs, out_dtype=x.dtype)
         return to_x0(self.model.prediction, x, guided, self.model.schedule.terms(t))
+
+    def _forward_stacked(
+        self, x: torch.Tensor, t: float, t_dtype: torch.dtype, drops: list[list[frozenset[str]]]
+    ) -> list[list[torch.Tensor]] | None:
+        """Both models' branches in one vmapped call over stacked weights, or None if the conditions do not stack."""
+        assert self.stack is not None and self.bad is not None
+        batch, k = x.shape[0], len(drops[0])
+        conds = []
+        for role, ds in zip(ROLES, drops, strict=True):
+            net, cond = self._role(role)
+            c = net.batch_conditions([net.drop(cond, d) if d else cond for d in ds], batch)
+            if c is NotImplemented or (conds and set(c) != set(conds[0])):
+                return None
+            conds.append(c)
+        xs = x.repeat(k, *([1] * (x.ndim - 1)))
+        ts = torch.full((batch * k,), t, device=x.device, dtype=t_dtype)
+        out = self.stack(xs, ts, conds)
+        self.forwards += 1
+        return [list(out[i].split(batch, dim=0)) for i in range(2)]
 
     def _forward(
         self,
@@ -141,3 +173,24 @@ def _reexpress(pred: torch.Tensor, x: torch.Tensor, src: Prediction, dst: Predic
     if dst is Prediction.X0:
         return x0
     return from_x0_eps(dst, x0, eps_from_x0(x32, x0, terms), terms)
+
+
+class _ModelStack:
+    """The good and the bad model as one vectorised function over stacked weights (same architecture)."""
+
+    def __init__(self, good: Denoiser, bad: Denoiser | None) -> None:
+        if not (isinstance(good, torch.nn.Module) and isinstance(bad, torch.nn.Module)):
+            raise ValueError("stack_models needs both models to be torch modules")
+        if type(good) is not type(bad) or getattr(good, "arch_kwargs", None) != getattr(bad, "arch_kwargs", None):
+            raise ValueError("stack_models needs the good and bad models to share one architecture")
+        self.params, self.buffers = torch.func.stack_module_state([good, bad])
+        self.base = copy.deepcopy(good).to("meta")
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, conds: list[Cond]) -> torch.Tensor:
+        keys = sorted(conds[0])
+        values = [torch.stack([c[k] for c in conds]) for k in keys]
+
+        def one(params, buffers, *vals):
+            return torch.func.functional_call(self.base, (params, buffers), (x, t, dict(zip(keys, vals, strict=True))))
+
+        return torch.vmap(one)(self.params, self.buffers, *values)

@@ -346,6 +346,7 @@ def sample(
     bad_cond: Cond | None = None,
     batch_branches: bool = True,
     fused: bool | None = None,
+    stack_models: bool = False,
 ) -> tuple[torch.Tensor, SampleInfo]:
     """Draw samples with a guided solver.
 
@@ -366,6 +367,7 @@ def sample(
         batch_branches: evaluate all branches of a model in one forward where its conditions stack.
         fused: combine the branches and update the state in one kernel per step (Euler, DPM++ 2M, DPM++ 2M SDE);
             ``None`` fuses on CUDA and uses the plain solver functions elsewhere.
+        stack_models: evaluate a same-architecture bad model together with the good one over stacked weights.
 
     Returns:
         ``(x0, info)`` where ``info.nfe`` is the exact number of network evaluations per sample.
@@ -384,7 +386,14 @@ def sample(
         raise TypeError(f"noise must be a floating tensor, got {noise.dtype}")
     work_dtype = torch.promote_types(noise.dtype, torch.float32)
     engine = GuidedDenoiser(
-        denoiser, g, cond=cond, bad=bad, bad_cond=bad_cond, model_dtype=noise.dtype, batch_branches=batch_branches
+        denoiser,
+        g,
+        cond=cond,
+        bad=bad,
+        bad_cond=bad_cond,
+        model_dtype=noise.dtype,
+        batch_branches=batch_branches,
+        stack_models=stack_models,
     )
 
     def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
