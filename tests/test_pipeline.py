@@ -112,3 +112,20 @@ def _tiny_model_mismatch() -> V2AFlow:
     audio = AudioSpec(n_mels=16, n_fft=512, hop=320)
     audio.mel_mean, audio.mel_std = [-3.0] * 16, [2.0] * 16
     return V2AFlow(**TINY, audio=audio.to_dict(), video=VideoSpec(fps=25.0, frame_size=16).to_dict())
+
+
+def test_pipeline_from_a_hub_repo_in_the_offline_cache(pipe, clips, tmp_path, monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--v2a"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    pipe.save_pretrained(repo / "snapshots" / commit)  # model at the root, bad model in bad/
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = Pipeline.from_pretrained("acme/v2a")
+    assert loaded.bad is not None
+    a = pipe(clips["c"], guidance="hg", steps=2, griffin_lim_iters=1)
+    b = loaded(clips["c"], guidance="hg", steps=2, griffin_lim_iters=1)
+    assert torch.allclose(a.waveform, b.waveform, atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot get model 'acme/missing'"):
+        Pipeline.from_pretrained("acme/missing")
