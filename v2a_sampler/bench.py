@@ -1,0 +1,125 @@
+"""Shared helpers of the quality benchmarks: NFE budget -> steps, aggregation over seeds, error-bar plots.
+
+Cost model (exact, matching :func:`v2a_sampler.solvers.stages_per_sample`): a solver run of ``N`` steps evaluates
+``stages(N)`` guided denoiser stages, each costing the guidance's ``nfe_per_step`` branch evaluations per sample.
+``stages(N) = N`` for Euler and the DPM++ solvers; Heun runs ``2 N`` stages, minus one when the grid ends at
+``sigma = 0`` (its last step is then an Euler step).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import guidance as G
+from .solvers import solver_name
+
+#: Solvers whose steps cost two stages (predictor + corrector).
+TWO_STAGE_SOLVERS = frozenset({"heun"})
+#: Column suffix of the standard deviation over seeds.
+STD_SUFFIX = "_std"
+
+
+def stages(solver: str, steps: int, final_sigma_zero: bool = True) -> int:
+    """Denoiser stages of ``steps`` solver steps (Heun: ``2 N - 1`` on a grid ending at ``sigma = 0``, else ``2 N``)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if solver_name(solver) in TWO_STAGE_SOLVERS:
+        return 2 * steps - (1 if final_sigma_zero else 0)
+    return steps
+
+
+def nfe_per_step(guidance: str | G.Guidance) -> int:
+    """Branch evaluations per stage of a guidance spec (none/AG 1, CFG 2, PG 3, HG 4)."""
+    return G.parse(guidance).nfe_per_step
+
+
+def cost(guidance: str | G.Guidance, solver: str, steps: int, final_sigma_zero: bool = True) -> int:
+    """Exact NFE per sample of a guided solver run."""
+    return nfe_per_step(guidance) * stages(solver, steps, final_sigma_zero)
+
+
+def steps_for_budget(budget: int, per_stage: int, solver: str, final_sigma_zero: bool = True) -> int | None:
+    """The most steps whose cost ``per_stage * stages(steps)`` fits in ``budget``; None if even one step does not."""
+    if per_stage < 1:
+        raise ValueError(f"per_stage must be >= 1, got {per_stage}")
+    affordable = budget // per_stage  # whole stages the budget pays for
+    if solver_name(solver) in TWO_STAGE_SOLVERS:
+        steps = (affordable + 1) // 2 if final_sigma_zero else affordable // 2
+    else:
+        steps = affordable
+    return steps if steps >= 1 else None
+
+
+def aggregate(
+    rows: Iterable[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str], seed_key: str = "seed"
+) -> list[dict[str, Any]]:
+    """Group per-seed rows by ``keys``: mean and sample std (``<metric>_std``, NaN for one seed) of each metric.
+
+    Non-numeric or missing metric values (None) are skipped; a group with none left gets NaN. ``seeds`` counts rows.
+    """
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row["seeds"] = len({r[seed_key] for r in rs})
+        for m in metrics:
+            vals = [float(r[m]) for r in rs if isinstance(r.get(m), (int, float)) and math.isfinite(float(r[m]))]
+            row[m] = statistics.fmean(vals) if vals else math.nan
+            row[m + STD_SUFFIX] = statistics.stdev(vals) if len(vals) > 1 else math.nan
+        out.append(row)
+    return out
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str]) -> Path:
+    """Write ``rows`` with ``columns`` (floats to 6 significant digits, None as empty)."""
+    import csv
+
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            v = [r.get(c) for c in columns]
+            w.writerow(["" if x is None else f"{x:.6g}" if isinstance(x, float) else x for x in v])
+    return path
+
+
+def plot_errorbars(
+    panels: Sequence[tuple[str, str, Sequence[Mapping[str, Any]]]],
+    x_key: str,
+    series_key: Callable[[Mapping[str, Any]], str],
+    path: str | Path,
+    log_x: bool = False,
+) -> Path:
+    """One panel per ``(title, metric, rows)``: ``metric`` against ``x_key`` per series, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, (title, metric, rows) in zip(axes[0], panels, strict=True):
+        series: dict[str, list[Mapping[str, Any]]] = {}
+        for r in rows:
+            series.setdefault(series_key(r), []).append(r)
+        for name, rs in series.items():
+            rs = sorted(rs, key=lambda r: r[x_key])
+            err = [0.0 if math.isnan(r[metric + STD_SUFFIX]) else r[metric + STD_SUFFIX] for r in rs]
+            ax.errorbar([r[x_key] for r in rs], [r[metric] for r in rs], yerr=err, label=name, capsize=2, marker=".")
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(metric)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
