@@ -70,7 +70,7 @@ class Config:
     duration: float  # seconds per V2A clip
 
 
-QUICK = Config(budgets=(8, 32, 128), seeds=2, lab_samples=512, clips=2, duration=1.5)
+QUICK = Config(budgets=(8, 32, 128), seeds=2, lab_samples=384, clips=2, duration=2.0)
 FULL = Config(budgets=(8, 16, 32, 64, 128, 256), seeds=3, lab_samples=2048, clips=8, duration=5.0)
 
 
