@@ -129,3 +129,15 @@ def test_pipeline_from_a_hub_repo_in_the_offline_cache(pipe, clips, tmp_path, mo
     assert torch.allclose(a.waveform, b.waveform, atol=1e-5)
     with pytest.raises(RuntimeError, match="cannot get model 'acme/missing'"):
         Pipeline.from_pretrained("acme/missing")
+
+
+def test_a_broken_bad_subfolder_is_an_error_not_a_silent_fallback(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    (tmp_path / "p" / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Pipeline.from_pretrained(tmp_path / "p")
+    assert Pipeline.from_pretrained(tmp_path / "p", bad=False).bad is None
+    Pipeline(pipe.model).save_pretrained(tmp_path / "solo")
+    assert Pipeline.from_pretrained(tmp_path / "solo").bad is None
+    with pytest.raises(ValueError, match="no config.json"):
+        Pipeline.from_pretrained(tmp_path / "solo", bad=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Any
 
 import torch
 
@@ -162,9 +161,6 @@ class GuidedDenoiser:
         t_vec = torch.full((batch,), t, device=x.device, dtype=t_dtype)
         self.forwards += len(drops)
         return [net(x, t_vec, c) for c in conds]
-
-    def info(self) -> dict[str, Any]:
-        return {"nfe": self.nfe, "nfe_by_role": dict(self.nfe_by_role), "stages": self.calls, "forwards": self.forwards}
 
 
 def _reexpress(pred: torch.Tensor, x: torch.Tensor, src: Prediction, dst: Prediction, terms) -> torch.Tensor:

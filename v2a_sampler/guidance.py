@@ -173,7 +173,7 @@ class Guidance:
         return {b.key: c for b, c in _clean(self.branch_coefficients(level)).items()}
 
     def branches(self, level: float | None = None) -> tuple[Branch, ...]:
-        """The branches to evaluate at ``level`` (all regimes if None... see :attr:`all_branches`)."""
+        """The branches to evaluate at noise ``level`` (None: the main regime; :attr:`all_branches` covers all)."""
         return tuple(_clean(self.branch_coefficients(level)))
 
     @property

@@ -25,6 +25,7 @@ from . import guidance as G
 from . import io, solvers
 from .features import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
 from .models import from_pretrained as load_model
+from .models import resolve_folder
 from .models import save_pretrained as save_model
 from .models.v2a_flow import V2AFlow
 
@@ -121,15 +122,17 @@ class Pipeline:
         root = embedded_model_path() if name_or_path is None else name_or_path
         model = load_model(root, device=device, dtype=dtype, **hub_kwargs)
         bad_model = None
-        if bad is None:
-            try:
-                bad_model = load_model(root, subfolder=BAD_SUBFOLDER, device=device, dtype=dtype, **hub_kwargs)
+        if bad is None or bad is True:
+            try:  # the pipeline's own bad/ sub-folder; absent is fine unless bad=True asked for it
+                folder = resolve_folder(root, BAD_SUBFOLDER, **hub_kwargs)
             except (ValueError, RuntimeError):
-                bad_model = None
-        elif bad is not False and bad is not True:
+                if bad is True:
+                    raise
+                folder = None
+            if folder is not None:
+                bad_model = load_model(folder, device=device, dtype=dtype)
+        elif bad is not False:
             bad_model = load_model(bad, device=device, dtype=dtype, **hub_kwargs)
-        elif bad is True:
-            bad_model = load_model(root, subfolder=BAD_SUBFOLDER, device=device, dtype=dtype, **hub_kwargs)
         for m, what in ((model, "model"), (bad_model, "bad model")):
             if m is not None and not isinstance(m, V2AFlow):
                 raise ValueError(f"{what} at {root} is a {type(m).__name__}, not a V2A model")
