@@ -377,7 +377,7 @@ class MMAudio(DenoiserModule):
         self.empty_string_feat = nn.Parameter(torch.zeros(text_seq_len, text_dim), requires_grad=False)
         self.empty_clip_feat = nn.Parameter(torch.zeros(1, clip_dim))
         self.empty_sync_feat = nn.Parameter(torch.zeros(1, sync_dim))
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_cache: dict[tuple, Any] = {}  # rotary tables and upsampling indices per length
         self.register_load_state_dict_pre_hook(_drop_stale_keys)
         self._init_weights()
 
@@ -426,6 +426,18 @@ class MMAudio(DenoiserModule):
         key = (length, float(scaling), str(device))
         if key not in self._rope_cache:
             self._rope_cache[key] = rope_tables(length, self.hidden_dim // self.num_heads, scaling, device)
+        return self._rope_cache[key]
+
+    def _upsample_index(self, length: int, n: int, device) -> torch.Tensor:
+        """Source index of each of ``n`` targets for ``nearest-exact`` upsampling of ``length`` tokens.
+
+        Taken from ``F.interpolate`` itself (on positions) so that it matches the official upsampling bit for bit,
+        and applied as a gather (which, unlike the interpolation kernel, has a ``vmap`` batching rule).
+        """
+        key = ("upsample", length, n, str(device))
+        if key not in self._rope_cache:
+            pos = torch.arange(length, dtype=torch.float32, device=device).view(1, 1, -1)
+            self._rope_cache[key] = F.interpolate(pos, size=n, mode="nearest-exact").view(-1).long()
         return self._rope_cache[key]
 
     def null(self, name: str, batch: int, length: int | None = None) -> torch.Tensor:
@@ -482,7 +494,7 @@ class MMAudio(DenoiserModule):
         clip = self.clip_input_proj(clip)
         sync = self.sync_input_proj(sync)
         text = self.text_input_proj(text)
-        sync = F.interpolate(sync.transpose(1, 2), size=n, mode="nearest-exact").transpose(1, 2)
+        sync = sync.index_select(1, self._upsample_index(sync.shape[1], n, x.device))  # nearest-exact to N
         clip_c = self.clip_cond_proj(clip.mean(dim=1))
         text_c = self.text_cond_proj(text.mean(dim=1))
 
