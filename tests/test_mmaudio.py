@@ -74,7 +74,9 @@ def _inputs(m: MMAudio, duration: float, batch: int = 2, seed: int = 1):
 def test_state_dict_matches_manifest(variant):
     manifest = load_manifest()["variants"][variant]
     assert manifest["hparams"] == VARIANTS[variant]
-    assert state_dict_shapes(variant) == manifest["keys"]
+    ours = state_dict_shapes(variant)
+    assert ours == manifest["keys"]
+    assert list(ours) == list(manifest["keys"])  # same order as the official module registers them
 
 
 def test_manifest_spot_checks():
@@ -102,6 +104,10 @@ def test_manifest_spot_checks():
     assert "fused_blocks.13.ffn.w3.weight" in large
     for keys in man.values():
         assert not set(STALE_KEYS) & set(keys["keys"])
+    # parameter counts reported in the MMAudio paper: 157M (S), 621M (M), 1.03B (L)
+    counts = {k: sum(math.prod(s) for s in v["keys"].values()) / 1e6 for k, v in man.items()}
+    assert round(counts["small_16k"]) == round(counts["small_44k"]) == 157
+    assert round(counts["medium_44k"]) == 622 and round(counts["large_44k"] / 10) == 103  # 621.8M, 1030M
 
 
 def test_strict_load_round_trip(tmp_path):
