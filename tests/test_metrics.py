@@ -30,15 +30,6 @@ SHIFT_S, MAX_SHIFTED_F1 = 0.1, 0.3
 MAX_SWAPPED_ACCURACY = 0.15
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine small ops are far faster without thread hand-offs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clips() -> list[synth.Clip]:
     return [synth.make_clip(seed, duration=DURATION, size=16) for seed in HELDOUT_SEEDS]

@@ -22,14 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOISE = [(1.0, 0.0), (0.9, 0.1), (0.5, 0.5), (0.05, 0.95)]  # (alpha, sigma) from data to almost pure noise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy():
     return make_toy2d()

@@ -14,6 +14,7 @@ Spectrograms are ``[..., freq, frames]``; audio is ``[..., samples]``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -88,6 +89,20 @@ def mel_filterbank(
     spaced in mels over ``[f_min, f_max]``. ``norm="slaney"`` scales each filter to unit area per Hz
     (``2 / bandwidth``); ``None`` leaves peaks at 1, so that adjacent filters sum to 1 between the outer centres.
     """
+    return _cached_filterbank(sample_rate, n_fft, n_mels, float(f_min), f_max, scale, norm).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_filterbank(
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    scale: str = "slaney",
+    norm: str | None = "slaney",
+) -> torch.Tensor:
+    """:func:`mel_filterbank`, built once per parameter set (callers must not modify the result)."""
     f_max = sample_rate / 2.0 if f_max is None else f_max
     if not 0.0 <= f_min < f_max <= sample_rate / 2.0:
         raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}")
@@ -161,7 +176,8 @@ def log_mel(
     center: bool = True,
 ) -> torch.Tensor:
     """Log-mel spectrogram ``log(max(mel_filterbank @ |STFT|^power, floor))``: ``[..., n_mels, frames]``."""
-    fb = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max).to(torch.as_tensor(audio).device)
+    fb = _cached_filterbank(sample_rate, n_fft, n_mels, float(f_min), f_max, "slaney", "slaney")
+    fb = fb.to(torch.as_tensor(audio).device)
     mel = torch.matmul(fb, stft_magnitude(audio, n_fft, hop, win_length, center) ** power)
     return torch.log(torch.clamp(mel, min=floor))
 

@@ -8,22 +8,16 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .audio import LOG_FLOOR, griffin_lim, mel_filterbank, stft_magnitude
+from .audio import griffin_lim, log_mel, mel_filterbank
 
 #: Griffin-Lim iterations used to decode generated mels (quality saturates around 32-64 on this material).
 DEFAULT_GL_ITERS = 48
-
-
-@functools.lru_cache(maxsize=8)
-def _filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
-    return mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
 
 
 @dataclass
@@ -50,16 +44,10 @@ class AudioSpec:
         """Mel frames covering ``duration`` seconds (``center=True`` STFT framing)."""
         return int(round(duration * self.sample_rate)) // self.hop + 1
 
-    @property
-    def filterbank(self) -> torch.Tensor:
-        """``[n_mels, n_fft // 2 + 1]`` mel filterbank (built once per parameter set)."""
-        return _filterbank(self.sample_rate, self.n_fft, self.n_mels, float(self.f_min), float(self.f_max))
-
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """``[..., N]`` waveform -> ``[..., n_mels, frames]`` log-mel (as :func:`v2a_sampler.audio.log_mel`)."""
+        """``[..., N]`` waveform -> ``[..., n_mels, frames]`` log-mel (:func:`v2a_sampler.audio.log_mel`)."""
         wave = torch.as_tensor(wave, dtype=torch.float32)
-        mel = torch.matmul(self.filterbank.to(wave.device), stft_magnitude(wave, self.n_fft, self.hop))
-        return torch.log(torch.clamp(mel, min=LOG_FLOOR))
+        return log_mel(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.f_min, self.f_max)
 
     def _stats(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.mel_mean or not self.mel_std:
@@ -85,7 +73,7 @@ class AudioSpec:
     ) -> torch.Tensor:
         """Normalised log-mel ``[..., n_mels, frames]`` -> waveform ``[..., N]`` by mel inversion + Griffin-Lim."""
         mel = self.denormalize(z.float()).exp()
-        basis = self.filterbank.to(mel.device)
+        basis = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max).to(mel.device)
         wave = griffin_lim(mel, self.n_fft, self.hop, mel_basis=basis, n_iter=n_iter, length=num_samples, seed=seed)
         return wave.clamp(-1.0, 1.0)
 
