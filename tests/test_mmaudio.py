@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from v2a_sampler.denoisers import FlowSchedule, Prediction
-from v2a_sampler.models import build, from_pretrained, get_architecture, save_pretrained
-from v2a_sampler.models.mmaudio import (
+from v2a_sampler.mmaudio.network import (
     STALE_KEYS,
     VARIANTS,
     MMAudio,
@@ -21,6 +20,7 @@ from v2a_sampler.models.mmaudio import (
     split_qkv,
     state_dict_shapes,
 )
+from v2a_sampler.models import build, from_pretrained, get_architecture, save_pretrained
 
 TINY = dict(
     latent_dim=6,

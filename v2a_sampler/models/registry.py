@@ -64,10 +64,14 @@ def architectures() -> dict[str, type[DenoiserModule]]:
     return dict(_ARCHITECTURES)
 
 
+#: Built-in architectures that live outside ``v2a_sampler.models`` (imported on first use).
+_BUILTIN_MODULES = {"mmaudio": "v2a_sampler.mmaudio.network"}
+
+
 def get_architecture(name: str) -> type[DenoiserModule]:
     """The class registered under ``name`` (built-in modules ``v2a_sampler.models.<name>`` are imported on demand)."""
     if name not in _ARCHITECTURES and re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        module = f"{__package__}.{name}"
+        module = _BUILTIN_MODULES.get(name, f"{__package__}.{name}")
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
