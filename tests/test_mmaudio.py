@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from mmaudio_fixtures import load_fixture, prefixed
 
 from v2a_sampler.denoisers import FlowSchedule, Prediction
 from v2a_sampler.mmaudio.network import (
@@ -72,11 +73,14 @@ def _inputs(m: MMAudio, duration: float, batch: int = 2, seed: int = 1):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_state_dict_matches_manifest(variant):
+    """The manifest is written from the official modules (tools/mmaudio_ref_network.py); ours must equal it."""
     manifest = load_manifest()["variants"][variant]
-    assert manifest["hparams"] == VARIANTS[variant]
     ours = state_dict_shapes(variant)
     assert ours == manifest["keys"]
     assert list(ours) == list(manifest["keys"])  # same order as the official module registers them
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in MMAudio.from_variant(variant).parameters())
+    assert n_params == manifest["num_parameters"]
 
 
 def test_manifest_spot_checks():
@@ -263,22 +267,41 @@ def test_batch_conditions_equals_separate_forwards():
     assert m.batch_conditions([cond, bad], x.shape[0]) is NotImplemented
 
 
-def test_matches_official_code():
-    """Bit-level agreement with the official network, when its source is importable (not a dependency)."""
-    networks = pytest.importorskip("mmaudio.model.networks")
-    torch.manual_seed(0)
-    kw = {k: v for k, v in TINY.items() if k not in ("sampling_rate", "spectrogram_frame_rate")}
-    for v2 in (False, True):
-        off = networks.MMAudio(**kw, v2=v2, latent_seq_len=125, clip_seq_len=32, sync_seq_len=88)
-        with torch.no_grad():
-            for p in off.parameters():
-                p.normal_(0.0, 0.2)
-        ours = MMAudio(**TINY, v2=v2)
-        ours.load_state_dict(off.state_dict(), strict=True)
-        x, t, cond = _inputs(ours, 4.0)
-        with torch.no_grad():
-            ref = off(x, cond["clip"], cond["sync"], cond["text"], t)
-            assert torch.allclose(ours(x, t, cond), ref, atol=1e-5, rtol=1e-5)
+def _official_fixture(v2: bool):
+    tensors, meta = load_fixture(f"network_{'v2' if v2 else 'v1'}")
+    model = MMAudio(**meta["config"]).eval()
+    model.load_state_dict(prefixed(tensors, "weights/"), strict=True)
+    return model, tensors, meta
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_velocity_matches_official_code(v2):
+    """The official network's output on a reduced config (tools/mmaudio_ref_network.py), 2.5 s at 16 kHz."""
+    model, f, meta = _official_fixture(v2)
+    official_lengths = {k.removesuffix("_seq_len"): v for k, v in meta["lengths"].items()}
+    assert model.sequence_lengths(meta["duration"]) == official_lengths
+    cond = {"clip": f["clip"], "sync": f["sync"], "text": f["text"]}
+    with torch.no_grad():
+        ours = model(f["x"], f["t"], cond)
+    err = (ours - f["velocity"]).abs().max() / f["velocity"].abs().max()
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_cfg_euler_sampling_matches_official_loop(v2):
+    """25 Euler steps of CFG 4.5 with a negative text feature equal the official FlowMatching loop."""
+    from v2a_sampler import solvers
+
+    model, f, meta = _official_fixture(v2)
+    cond = {"clip": f["clip"], "sync": f["sync"], "text": f["text"]}
+    with torch.no_grad():
+        ours, info = solvers.sample(
+            model, f["noise"], cond, guidance=f"cfg({meta['cfg_strength']})", solver="euler", steps=meta["steps"],
+            negative={"text": f["negative_text"]},  # a negative prompt replaces only the null's text
+        )  # fmt: skip
+    assert info.nfe == 2 * meta["steps"]
+    ref = f["cfg_sample"]
+    assert (ours - ref).abs().max() / ref.abs().max() < 1e-4
 
 
 def test_guided_sampling_batched_and_stacked():

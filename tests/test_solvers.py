@@ -338,6 +338,37 @@ def test_branches_of_one_model_share_one_batched_forward():
         assert torch.allclose(batched, single, atol=1e-12)
 
 
+def test_negative_conditions_replace_only_the_dropped_nulls():
+    """A negative prompt stands in for the null of the conditions a branch drops, and nowhere else."""
+    seen = []
+
+    def fn(x, t, cond):  # velocity = video + 10 * text (missing = 0), so every branch is identifiable
+        seen.append({k: (None if v is None else float(v[0])) for k, v in cond.items()})
+        video = 0.0 if cond["video"] is None else cond["video"].view(-1, 1)
+        text = 0.0 if cond["text"] is None else cond["text"].view(-1, 1)
+        return torch.zeros_like(x) + video + 10 * text
+
+    nulls = {"video": None, "text": None}
+    good = D.from_fn(fn, "velocity", 1.0, condition_names=("video", "text"), nulls=nulls)
+    cond = {"video": torch.tensor([1.0, 1.0]), "text": torch.tensor([2.0, 2.0])}
+    neg = {"text": torch.tensor([-3.0, -3.0])}
+    x = _noise(2)
+    w = 4.5
+    out, info = solvers.sample(good, x, cond, guidance=f"cfg({w})", timesteps=[1.0, 0.5], negative=neg)
+    v = 1 + 10 * 2 + (w - 1) * ((1 + 10 * 2) - (10 * -3))  # null branch: video null, text = negative
+    assert torch.allclose(out, x - 0.5 * v, atol=1e-12)
+    # multi-condition CFG (chain video -> text): branches cond, null[text], null[video, text]; the negative text
+    # appears exactly where the text is dropped, the video keeps its own null
+    seen.clear()
+    g = G.multi_cfg({"video": 2.0, "text": 3.0})
+    solvers.sample(good, x, cond, guidance=g, timesteps=[1.0, 0.5], negative=neg, batch_branches=False)
+    assert sorted(map(str, seen)) == sorted(
+        map(str, [{"video": 1.0, "text": 2.0}, {"video": 1.0, "text": -3.0}, {"video": None, "text": -3.0}])
+    )
+    with pytest.raises(ValueError, match=r"negative condition\(s\) \['audio'\] unknown"):
+        solvers.sample(good, x, cond, guidance="cfg(2)", steps=2, negative={"audio": torch.zeros(2)})
+
+
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "dpmpp_2m_sde"])
 @pytest.mark.parametrize("spec", ["none", "cfg(3)", "hg(2.7,2.5,1.2)", "ag(2)@[0.2,0.9]"])
 def test_fused_step_path_equals_the_solver_functions(solver, spec):

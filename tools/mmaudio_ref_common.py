@@ -58,12 +58,28 @@ def write_manifest(name: str, about: str, entries: Mapping[str, Mapping[str, Any
 
 
 def save_fixture(name: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write ``tests/fixtures/mmaudio/<name>.safetensors`` with ``meta`` (JSON) in its metadata under ``"meta"``."""
+    """Write ``tests/fixtures/mmaudio/<name>.safetensors`` with ``meta`` (JSON) in its metadata under ``"meta"``.
+
+    Tensors are stored in float32, except float16 ones (use :func:`half_exact` weights to halve a fixture's size
+    without changing the computation).
+    """
     from safetensors.torch import save_file
 
     FIXTURE_DIR.mkdir(parents=True, exist_ok=True)
     path = FIXTURE_DIR / f"{name}.safetensors"
-    flat = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in tensors.items()}
+    keep = (torch.float16,)
+    flat = {
+        k: v.detach().to(v.dtype if v.dtype in keep else torch.float32).contiguous().cpu() for k, v in tensors.items()
+    }
     save_file(flat, str(path), metadata={"meta": json.dumps(dict(meta))})
     print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1e3:.0f} kB)")
     return path
+
+
+def half_exact(module: torch.nn.Module, std: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fill every parameter with N(0, std^2) values that float16 represents exactly; their float16 state dict."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p).mul_(std).half().float())
+    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Mapping
 
 import torch
 
@@ -33,6 +34,9 @@ class GuidedDenoiser:
         stack_models: evaluate the good and the bad model in one vectorised pass over stacked weights
             (``torch.func.functional_call`` + ``vmap``) when they share an architecture and need the same number of
             branches. Off by default: on CPU it measured slower than two forwards (benchmarks/speed.py).
+        negative: values that replace the model's null for the named conditions wherever a branch drops them
+            (a negative text prompt: ``{"text": features}``); conditions not named keep the model's null.
+        bad_negative: the same for the bad model (default: ``negative`` when the models share ``cond``).
     """
 
     def __init__(
@@ -45,6 +49,8 @@ class GuidedDenoiser:
         model_dtype: torch.dtype | None = None,
         batch_branches: bool = True,
         stack_models: bool = False,
+        negative: Cond | None = None,
+        bad_negative: Cond | None = None,
     ) -> None:
         if guidance.needs_bad_model:
             if bad is None:
@@ -55,6 +61,10 @@ class GuidedDenoiser:
         self.guidance = guidance
         self.cond = cond
         self.bad_cond = cond if bad_cond is None else bad_cond
+        self.negative = _check_negative(model, negative)
+        self.bad_negative = negative if (bad_negative is None and bad_cond is None) else bad_negative
+        if bad is not None:
+            self.bad_negative = _check_negative(bad, self.bad_negative)
         self.model_dtype = model_dtype
         self.batch_branches = batch_branches
         self.stack = _ModelStack(model, bad) if (stack_models and guidance.needs_bad_model) else None
@@ -68,6 +78,18 @@ class GuidedDenoiser:
             return self.model, self.cond
         assert self.bad is not None
         return self.bad, self.bad_cond
+
+    def _branch_cond(self, net: Denoiser, cond: Cond | None, dropped: frozenset[str]) -> Cond | None:
+        """``cond`` with ``dropped`` replaced by the model's nulls, or by the negative conditions where given."""
+        if not dropped:
+            return cond
+        out = net.drop(cond, dropped)
+        negative = self.negative if net is self.model else self.bad_negative
+        if negative:
+            replace = {k: v for k, v in negative.items() if k in dropped}
+            if replace:
+                out = {**(out or {}), **replace}
+        return out
 
     def plan(self, level: float) -> dict[tuple[str, frozenset[str]], float]:
         """``{(role, dropped names): coefficient}`` at ``level``; branches that coincide for these models merge."""
@@ -128,7 +150,7 @@ class GuidedDenoiser:
         conds = []
         for role, ds in zip(ROLES, drops, strict=True):
             net, cond = self._role(role)
-            c = net.batch_conditions([net.drop(cond, d) if d else cond for d in ds], batch)
+            c = net.batch_conditions([self._branch_cond(net, cond, d) for d in ds], batch)
             if c is NotImplemented or (conds and set(c) != set(conds[0])):
                 return None
             conds.append(c)
@@ -148,7 +170,7 @@ class GuidedDenoiser:
         drops: list[frozenset[str]],
     ) -> list[torch.Tensor]:
         """Predictions of ``net`` for each drop set: one batched forward when the conditions stack, else one each."""
-        conds = [net.drop(cond, d) if d else cond for d in drops]
+        conds = [self._branch_cond(net, cond, d) for d in drops]
         batch = x.shape[0]
         if self.batch_branches and len(drops) > 1 and hasattr(net, "batch_conditions"):
             stacked = net.batch_conditions(conds, batch)
@@ -161,6 +183,17 @@ class GuidedDenoiser:
         t_vec = torch.full((batch,), t, device=x.device, dtype=t_dtype)
         self.forwards += len(drops)
         return [net(x, t_vec, c) for c in conds]
+
+
+def _check_negative(net: Denoiser, negative: Cond | None) -> Cond | None:
+    if negative is None:
+        return None
+    if not isinstance(negative, Mapping):
+        raise TypeError(f"negative conditions must be a mapping of condition name -> value, got {type(negative)}")
+    unknown = set(negative) - set(net.condition_names)
+    if unknown:
+        raise ValueError(f"negative condition(s) {sorted(unknown)} unknown; model has {tuple(net.condition_names)}")
+    return dict(negative)
 
 
 def _reexpress(pred: torch.Tensor, x: torch.Tensor, src: Prediction, dst: Prediction, terms) -> torch.Tensor:

@@ -347,6 +347,8 @@ def sample(
     batch_branches: bool = True,
     fused: bool | None = None,
     stack_models: bool = False,
+    negative: Cond | None = None,
+    bad_negative: Cond | None = None,
 ) -> tuple[torch.Tensor, SampleInfo]:
     """Draw samples with a guided solver.
 
@@ -368,6 +370,8 @@ def sample(
         fused: combine the branches and update the state in one kernel per step (Euler, DPM++ 2M, DPM++ 2M SDE);
             ``None`` fuses on CUDA and uses the plain solver functions elsewhere.
         stack_models: evaluate a same-architecture bad model together with the good one over stacked weights.
+        negative: conditions that stand in for the model's null where a branch drops them (negative prompts,
+            e.g. ``{"text": negative_text_features}``); ``bad_negative`` the same for the bad model.
 
     Returns:
         ``(x0, info)`` where ``info.nfe`` is the exact number of network evaluations per sample.
@@ -394,6 +398,8 @@ def sample(
         model_dtype=noise.dtype,
         batch_branches=batch_branches,
         stack_models=stack_models,
+        negative=negative,
+        bad_negative=bad_negative,
     )
 
     def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
