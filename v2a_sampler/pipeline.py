@@ -178,7 +178,7 @@ class Pipeline:
         guidance: str | G.Guidance | None = "hg",
         solver: str = DEFAULT_SOLVER,
         steps: int = DEFAULT_STEPS,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         duration: float | None = None,
         griffin_lim_iters: int = DEFAULT_GL_ITERS,
         callback: Callable[[dict[str, Any]], None] | None = None,
@@ -186,14 +186,21 @@ class Pipeline:
     ) -> GeneratedAudio | list[GeneratedAudio]:
         """Generate a soundtrack for a video path, a frames tensor ``[T, H, W, 3]``, or a list of either.
 
-        A list is sampled in batches of equal length; item ``i`` uses seed ``seed + i``, so a batch gives the same
-        audio as generating its items one by one. ``guidance`` is any spec of :func:`v2a_sampler.guidance.parse`;
-        ``"hg"``-type guidance needs the bad model (the embedded model ships one).
+        A list is sampled in batches of equal length; item ``i`` uses seed ``seed + i`` (or ``seed[i]`` when ``seed``
+        is a sequence, one per item), so a batch gives the same audio as generating its items one by one.
+        ``guidance`` is any spec of :func:`v2a_sampler.guidance.parse`; ``"hg"``-type guidance needs the bad model
+        (the embedded model ships one).
         """
         single = isinstance(video, (str, os.PathLike, torch.Tensor))
         items = [video] if single else list(video)
         if not items:
             raise ValueError("no video given")
+        if isinstance(seed, int):
+            seeds = [seed + i for i in range(len(items))]
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != len(items):
+                raise ValueError(f"{len(seeds)} seeds given for {len(items)} videos")
         g = G.resolve(guidance, self.model, self.bad)
         prepared = [self._prepare(v, duration) for v in items]
         results: list[GeneratedAudio | None] = [None] * len(items)
@@ -201,7 +208,7 @@ class Pipeline:
         for i, (frames, dur, _) in enumerate(prepared):
             groups.setdefault(self.audio_spec.num_frames(dur) * 100_000 + frames.shape[0], []).append(i)
         for idx in groups.values():
-            outs = self._generate_batch([prepared[i] for i in idx], [seed + i for i in idx], g, solver, steps,
+            outs = self._generate_batch([prepared[i] for i in idx], [seeds[i] for i in idx], g, solver, steps,
                                         griffin_lim_iters, callback, sample_kwargs)  # fmt: skip
             for i, out in zip(idx, outs, strict=True):
                 results[i] = out
