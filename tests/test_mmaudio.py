@@ -322,3 +322,14 @@ def test_guided_sampling_batched_and_stacked():
     ref = outs[False][0]
     assert torch.allclose(outs[True][0], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     assert outs[True][1].forwards < outs[False][1].forwards
+
+
+def test_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) traces the network (rope cache, null features, sync upsampling) whole."""
+    torch._dynamo.reset()
+    m = _tiny(v2=True)
+    x, t, cond = _inputs(m, 2.0)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        for c in (cond, m.drop(cond, VIDEO_AND_TEXT)):
+            assert torch.allclose(compiled(x, t, c), m(x, t, c), atol=1e-6)

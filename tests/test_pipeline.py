@@ -141,3 +141,14 @@ def test_a_broken_bad_subfolder_is_an_error_not_a_silent_fallback(pipe, tmp_path
     assert Pipeline.from_pretrained(tmp_path / "solo").bad is None
     with pytest.raises(ValueError, match="no config.json"):
         Pipeline.from_pretrained(tmp_path / "solo", bad=True)
+
+
+def test_compiled_networks_trace_whole_and_give_the_same_audio(clips):
+    """torch.compile compatibility: both networks trace without graph breaks (fullgraph) and sample identically."""
+    torch._dynamo.reset()
+    eager = Pipeline(_tiny_model(0), _tiny_model(1))
+    compiled = Pipeline(_tiny_model(0), _tiny_model(1)).compile(backend="aot_eager")
+    kw = dict(guidance="hg", steps=2, griffin_lim_iters=2, solver="dpmpp_2m")
+    a, b = eager(clips["c"], **kw), compiled(clips["c"], **kw)
+    assert torch.allclose(a.mel, b.mel, atol=1e-5)
+    assert b.info["nfe"] == a.info["nfe"] == 8

@@ -103,6 +103,17 @@ class Pipeline:
         self.audio_spec: AudioSpec = model.audio_spec
         self.video_spec: VideoSpec = model.video_spec
         self.name = name
+        self._compiled: tuple[Any, Any] | None = None  # torch.compile wrappers used for sampling (see compile())
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> Pipeline:
+        """Sample through ``torch.compile``-d networks (static shapes; each new clip length compiles once).
+
+        The networks trace without graph breaks (``fullgraph=True``). Returns ``self``.
+        """
+        opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
+        bad = torch.compile(self.bad, **opts) if self.bad is not None else None
+        self._compiled = (torch.compile(self.model, **opts), bad)
+        return self
 
     # -- loading and saving --------------------------------------------------------------------------------------
     @classmethod
@@ -226,12 +237,13 @@ class Pipeline:
             [torch.randn(self.audio_spec.n_mels, n_frames, generator=torch.Generator().manual_seed(s)) for s in seeds]
         ).to(self.device, self.dtype)
         gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]  # per-row SDE noise
+        model, bad = self._compiled or (self.model, self.bad)
         z, info = solvers.sample(
-            self.model,
+            model,
             noise,
             cond,
             guidance=g,
-            bad=self.bad if g.needs_bad_model else None,
+            bad=bad if g.needs_bad_model else None,
             bad_cond=bad_cond,
             solver=solver,
             steps=steps,
