@@ -181,6 +181,22 @@ def main(
         bool, typer.Option("--explain", help="Print the branch coefficients and NFE of --guidance and exit.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV (header row) or JSONL manifest: column 'video' (relative to the manifest's folder), optional "
+            "id, duration, seed, prompt. Writes <name>.wav per row and summary.json into --out-dir; resumable; "
+            "sharded over ranks under torchrun.",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Output folder of a --manifest run.", show_default=False)] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="--manifest: clips of equal duration generated per forward.")
+    ] = 1,
+    fail_on_error: Annotated[
+        bool, typer.Option("--fail-on-error", help="--manifest: exit 1 when any row failed (default: exit 0).")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
@@ -194,6 +210,12 @@ def main(
         if explain:
             _explain(g)
             return
+        if manifest is not None:
+            _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration,
+                          model, bad_model, device, dtype, spectrogram, batch_size, fail_on_error, quiet)  # fmt: skip
+            return
+        if out_dir is not None:
+            raise CliError("--out-dir goes with --manifest; for videos on the command line use --out")
         if not videos:
             raise CliError("no input video given (see v2a-sample --help)")
         _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, model, bad_model, device, dtype,
@@ -289,6 +311,66 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, mod
             names = ", ".join(str(w) for w in written)
             out.print(f"{src.name}: {g.spec()} {solver} x{steps}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}",
                       markup=False, soft_wrap=True)  # fmt: skip
+
+
+def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration, model,
+                  bad_model, device, dtype, spectrogram, batch_size, fail_on_error, quiet) -> None:  # fmt: skip
+    """``--manifest``: data-set scale generation (:mod:`v2a_sampler.datagen`), one process per torchrun rank."""
+    import torch
+
+    from . import datagen, solvers
+    from .pipeline import Pipeline
+
+    if videos:
+        raise CliError("give input videos or --manifest, not both")
+    if out_path is not None:
+        raise CliError("a --manifest run writes into --out-dir DIR, not --out")
+    if out_dir is None:
+        raise CliError("--manifest needs --out-dir DIR")
+    if spectrogram is not None:
+        raise CliError("--spectrogram is not available with --manifest")
+    solvers.solver_name(solver)
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise CliError(f"unknown dtype {dtype!r}; expected float32, float16 or bfloat16")
+    if duration is not None and not duration > 0:
+        raise CliError(f"--duration must be positive, got {duration}")
+    rows = datagen.read_manifest(manifest)  # before loading anything: a bad manifest fails fast
+    info = datagen.dist_info()
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise CliError(f"unknown device {device!r}") from None
+    if torch_device.type == "cuda" and torch_device.index is None and info.world_size > 1:
+        torch_device = torch.device("cuda", info.local_rank)  # one GPU per rank
+    bad_arg: str | bool | None = False if (bad_model or "").lower() == "none" else bad_model
+    try:
+        pipe = Pipeline.from_pretrained(model, bad=bad_arg, device=torch_device, dtype=getattr(torch, dtype))
+    except (ValueError, RuntimeError) as e:
+        raise CliError(f"cannot load model {model or '(embedded)'}: {_first_line(e)}", EXIT_RUNTIME) from None
+    except Exception as e:  # corrupt weights surface as library-specific errors
+        raise CliError(f"cannot load model {model or '(embedded)'}: {type(e).__name__}: {_first_line(e)}",
+                       EXIT_RUNTIME) from None  # fmt: skip
+    pipe.model.to(getattr(torch, dtype))
+    if pipe.bad is not None:
+        pipe.bad.to(getattr(torch, dtype))
+    summary = datagen.run_manifest(rows, out_dir, pipe, guidance=g, solver=solver, steps=steps, seed=seed,
+                                   duration=duration, batch_size=batch_size, mux=mux, overwrite=overwrite,
+                                   progress=False if quiet else None,
+                                   warn=lambda m: err.print(f"warning: {m}", markup=False))  # fmt: skip
+    t = summary["totals"]
+    failed = t["failed"]
+    if info.rank == 0:
+        procs = f"{info.world_size} processes" if info.world_size > 1 else "1 process"
+        out.print(f"{t['rows']} rows: {t['done']} done, {t['skipped']} already done, {t['duplicate']} duplicate, "
+                  f"{failed} failed; {t['seconds']:.1f}s, {t['clips_per_minute']:.1f} clips/min ({procs}) -> "
+                  f"{out_dir / datagen.SUMMARY_NAME}", markup=False, soft_wrap=True)  # fmt: skip
+    if failed and fail_on_error:
+        raise CliError(f"{failed} of {t['rows']} rows failed (listed in {out_dir / datagen.SUMMARY_NAME})",
+                       EXIT_RUNTIME)  # fmt: skip
+    if failed and info.rank == 0:
+        rows_failed = f"{failed} row{'s' if failed != 1 else ''} failed"
+        err.print(f"note: {rows_failed} (listed in {out_dir / datagen.SUMMARY_NAME}); they are retried on the next "
+                  "run; --fail-on-error makes this exit 1", markup=False)  # fmt: skip
 
 
 def run() -> None:
