@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from v2a_sampler import denoisers as D
+from v2a_sampler import engine, solvers
 from v2a_sampler import guidance as G
-from v2a_sampler import solvers
 from v2a_sampler.analytic import ConditionalGaussianMixture, GaussianMixture, gaussian_denoiser
 
 MEAN = torch.tensor([1.0, -0.5])
@@ -410,3 +410,59 @@ print("ok")
     env = {**os.environ, "TRITON_INTERPRET": "1", "V2A_KERNELS": "triton"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+class ReplayGraphs(engine.GraphBackend):
+    """Stands in for CUDA graphs on CPU: 'replay' re-runs the captured function and writes into its first outputs,
+    so only the static input buffers connect one stage to the next, as with a real graph."""
+
+    def __init__(self):
+        self.warmups = self.captures = self.replays = 0
+
+    def warmup(self, fn):
+        self.warmups += 1
+        fn()
+
+    def capture(self, fn):
+        self.captures += 1
+        outs, forwards = fn()
+        for role in outs:
+            outs[role] = [torch.full_like(o, float("nan")) for o in outs[role]]  # capture computes nothing
+
+        def replay():
+            self.replays += 1
+            new, _ = fn()
+            for role in outs:
+                for o, n in zip(outs[role], new[role], strict=True):
+                    o.copy_(n)
+
+        return replay, (outs, forwards)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("spec,plans", [("cfg(3)", 1), ("hg", 1), ("ag(2)@[0.2,0.9]", 2)])
+def test_graph_replay_of_branch_forwards_matches_eager(solver, spec, plans):
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    good = classes.denoiser("velocity", D.FlowSchedule(1.0))
+    bad = ConditionalGaussianMixture(
+        [GaussianMixture.gaussian(MEAN, COV * 3), GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2))]
+    ).denoiser("velocity", D.FlowSchedule(1.0))
+    cond = {"label": torch.tensor([0, 1, 1])}
+    kw = dict(guidance=spec, bad=bad, solver=solver, steps=6, generator=torch.Generator().manual_seed(3))
+    ref, info_ref = solvers.sample(good, _noise(3), cond, **kw)
+    graphs = ReplayGraphs()
+    kw["generator"] = torch.Generator().manual_seed(3)
+    out, info = solvers.sample(good, _noise(3), cond, cuda_graph=graphs, **kw)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert (info.nfe, info.forwards, info.nfe_by_role) == (info_ref.nfe, info_ref.forwards, info_ref.nfe_by_role)
+    stages = solvers.stages_per_sample(solver, info.timesteps, good.schedule)
+    assert graphs.captures == graphs.warmups == plans  # one graph per distinct set of active branches
+    assert graphs.replays == stages  # every stage replays, the capturing one included
+
+
+def test_cuda_graph_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    good = D.from_fn(lambda x, t, c: x, "velocity", 1.0)
+    with pytest.raises(RuntimeError, match="cuda_graph=True needs CUDA"):
+        solvers.sample(good, _noise(2), {"cond": None}, guidance="cfg(2)", steps=2, cuda_graph=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -37,6 +38,10 @@ class GuidedDenoiser:
         negative: values that replace the model's null for the named conditions wherever a branch drops them
             (a negative text prompt: ``{"text": features}``); conditions not named keep the model's null.
         bad_negative: the same for the bad model (default: ``negative`` when the models share ``cond``).
+        streams: on CUDA, run the good and the bad model's forwards on two streams (they may overlap).
+        cuda_graph: capture each distinct set of branch forwards once as a CUDA graph and replay it at every later
+            stage with the same shapes (static input buffers; conditions are fixed per engine). ``True`` uses
+            :class:`CudaGraphs`; a :class:`GraphBackend` instance may stand in (tests).
     """
 
     def __init__(
@@ -51,6 +56,8 @@ class GuidedDenoiser:
         stack_models: bool = False,
         negative: Cond | None = None,
         bad_negative: Cond | None = None,
+        streams: bool = False,
+        cuda_graph: bool | GraphBackend = False,
     ) -> None:
         if guidance.needs_bad_model:
             if bad is None:
@@ -68,6 +75,10 @@ class GuidedDenoiser:
         self.model_dtype = model_dtype
         self.batch_branches = batch_branches
         self.stack = _ModelStack(model, bad) if (stack_models and guidance.needs_bad_model) else None
+        self.streams = streams
+        self._streams: list[Any] | None = None
+        self.graphs: GraphBackend | None = CudaGraphs() if cuda_graph is True else (cuda_graph or None)
+        self._graphed: dict[tuple, _GraphedBranches] = {}
         self.nfe = 0
         self.nfe_by_role: Counter[str] = Counter()
         self.calls = 0
@@ -101,26 +112,34 @@ class GuidedDenoiser:
         return {k: c for k, c in out.items() if abs(c) > ZERO_TOL}
 
     def branch_predictions(self, x: torch.Tensor, t: float) -> tuple[list[torch.Tensor], list[float]]:
-        """The evaluated branch predictions (in the good model's prediction type) and their coefficients at ``t``."""
+        """The evaluated branch predictions (in the good model's prediction type) and their coefficients at ``t``.
+
+        With ``cuda_graph`` the returned predictions live in the graph's static outputs: they are valid until the
+        next call (the solvers combine them at once).
+        """
         terms = self.model.schedule.terms(t)
         plan = self.plan(terms.noise_level)
         x_in = x if self.model_dtype is None else x.to(self.model_dtype)
-        t_dtype = torch.promote_types(x.dtype, torch.float32)
-        preds, coeffs = [], []
+        t_in = torch.tensor(float(t), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
         groups = {role: [(dropped, c) for (r, dropped), c in plan.items() if r == role] for role in ROLES}
-        stacked = None
-        if self.stack is not None and groups["good"] and len(groups["good"]) == len(groups["bad"]):
-            stacked = self._forward_stacked(x_in, float(t), t_dtype, [[d for d, _ in groups[r]] for r in ROLES])
-        for k, role in enumerate(ROLES):
-            group = groups[role]
-            if not group:
+        drops = {role: [d for d, _ in groups[role]] for role in ROLES}
+        if self.graphs is None:
+            outs, forwards = self._evaluate(x_in, t_in, drops)
+        else:
+            key = (tuple((r, tuple(sorted(d))) for r in ROLES for d in drops[r]), tuple(x_in.shape), x_in.dtype)
+            graphed = self._graphed.get(key)
+            if graphed is None:
+                graphed = self._graphed[key] = _GraphedBranches(
+                    lambda xs, ts: self._evaluate(xs, ts, drops), x_in, t_in, self.graphs
+                )
+            outs, forwards = graphed(x_in, t_in)
+        self.forwards += forwards
+        preds, coeffs = [], []
+        for role in ROLES:
+            if not groups[role]:
                 continue
-            net, cond = self._role(role)
-            if stacked is not None:
-                outs = stacked[k]
-            else:
-                outs = self._forward(net, x_in, float(t), t_dtype, cond, [d for d, _ in group])
-            for (dropped, c), pred in zip(group, outs, strict=True):
+            net, _ = self._role(role)
+            for (dropped, c), pred in zip(groups[role], outs[role], strict=True):
                 if pred.shape != x.shape:
                     raise ValueError(
                         f"{role} model returned shape {tuple(pred.shape)} for input {tuple(x.shape)} "
@@ -130,10 +149,48 @@ class GuidedDenoiser:
                     pred = _reexpress(pred, x, net.prediction, self.model.prediction, terms)
                 preds.append(pred)
                 coeffs.append(c)
-            self.nfe_by_role[role] += len(group)
+            self.nfe_by_role[role] += len(groups[role])
         self.nfe += len(preds)
         self.calls += 1
         return preds, coeffs
+
+    def _evaluate(
+        self, x: torch.Tensor, t: torch.Tensor, drops: dict[str, list[frozenset[str]]]
+    ) -> tuple[dict[str, list[torch.Tensor]], int]:
+        """Every role's branch outputs for its drop sets (``t`` a 0-d tensor), and the number of forwards run."""
+        outs: dict[str, list[torch.Tensor]] = {role: [] for role in ROLES}
+        active = [role for role in ROLES if drops[role]]
+        if self.stack is not None and len(active) == 2 and len(drops["good"]) == len(drops["bad"]):
+            stacked = self._forward_stacked(x, t, [drops[r] for r in ROLES])
+            if stacked is not None:
+                return dict(zip(ROLES, stacked, strict=True)), 1
+        forwards = 0
+        side = self._side_streams(x) if len(active) == 2 else None
+        if side is not None:  # the two models' forwards on two CUDA streams, joined before the combine
+            current = torch.cuda.current_stream(x.device)
+            for role, stream in zip(active, side, strict=True):
+                stream.wait_stream(current)
+                with torch.cuda.stream(stream):
+                    net, cond = self._role(role)
+                    outs[role], n = self._forward(net, x, t, cond, drops[role])
+                forwards += n
+            for role, stream in zip(active, side, strict=True):
+                current.wait_stream(stream)
+                for o in outs[role]:
+                    o.record_stream(current)
+            return outs, forwards
+        for role in active:
+            net, cond = self._role(role)
+            outs[role], n = self._forward(net, x, t, cond, drops[role])
+            forwards += n
+        return outs, forwards
+
+    def _side_streams(self, x: torch.Tensor) -> list[Any] | None:
+        if not (self.streams and x.is_cuda):
+            return None
+        if self._streams is None:
+            self._streams = [torch.cuda.Stream(x.device) for _ in ROLES]
+        return self._streams
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Guided x0 estimate at state ``x`` and model time ``t`` (a Python float)."""
@@ -142,7 +199,7 @@ class GuidedDenoiser:
         return to_x0(self.model.prediction, x, guided, self.model.schedule.terms(t))
 
     def _forward_stacked(
-        self, x: torch.Tensor, t: float, t_dtype: torch.dtype, drops: list[list[frozenset[str]]]
+        self, x: torch.Tensor, t: torch.Tensor, drops: list[list[frozenset[str]]]
     ) -> list[list[torch.Tensor]] | None:
         """Both models' branches in one vmapped call over stacked weights, or None if the conditions do not stack."""
         assert self.stack is not None and self.bad is not None
@@ -155,21 +212,14 @@ class GuidedDenoiser:
                 return None
             conds.append(c)
         xs = x.repeat(k, *([1] * (x.ndim - 1)))
-        ts = torch.full((batch * k,), t, device=x.device, dtype=t_dtype)
-        out = self.stack(xs, ts, conds)
-        self.forwards += 1
+        out = self.stack(xs, t.repeat(batch * k), conds)
         return [list(out[i].split(batch, dim=0)) for i in range(2)]
 
     def _forward(
-        self,
-        net: Denoiser,
-        x: torch.Tensor,
-        t: float,
-        t_dtype: torch.dtype,
-        cond: Cond | None,
-        drops: list[frozenset[str]],
-    ) -> list[torch.Tensor]:
-        """Predictions of ``net`` for each drop set: one batched forward when the conditions stack, else one each."""
+        self, net: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Cond | None, drops: list[frozenset[str]]
+    ) -> tuple[list[torch.Tensor], int]:
+        """Predictions of ``net`` for each drop set (one batched forward when the conditions stack, else one
+        each), and the number of forwards run."""
         conds = [self._branch_cond(net, cond, d) for d in drops]
         batch = x.shape[0]
         if self.batch_branches and len(drops) > 1 and hasattr(net, "batch_conditions"):
@@ -177,12 +227,61 @@ class GuidedDenoiser:
             if stacked is not NotImplemented:
                 k = len(drops)
                 xs = x.repeat(k, *([1] * (x.ndim - 1)))
-                ts = torch.full((batch * k,), t, device=x.device, dtype=t_dtype)
-                self.forwards += 1
-                return list(net(xs, ts, stacked).split(batch, dim=0))
-        t_vec = torch.full((batch,), t, device=x.device, dtype=t_dtype)
-        self.forwards += len(drops)
-        return [net(x, t_vec, c) for c in conds]
+                return list(net(xs, t.repeat(batch * k), stacked).split(batch, dim=0)), 1
+        t_vec = t.repeat(batch)
+        return [net(x, t_vec, c) for c in conds], len(drops)
+
+
+class _GraphedBranches:
+    """One plan's branch forwards captured once as a graph and replayed on static input buffers."""
+
+    def __init__(self, run, x: torch.Tensor, t: torch.Tensor, graphs: GraphBackend) -> None:
+        self.x, self.t = x.clone(), t.clone()
+        graphs.warmup(lambda: run(self.x, self.t))  # caches (rotary tables, workspaces) fill before capture
+        self.replay, (self.outs, self.forwards) = graphs.capture(lambda: run(self.x, self.t))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], int]:
+        self.x.copy_(x)
+        self.t.copy_(t)
+        self.replay()  # also right after capture: capturing records the kernels without running them
+        return self.outs, self.forwards
+
+
+class GraphBackend:
+    """How branch forwards are captured and replayed (``cuda_graph=True`` uses :class:`CudaGraphs`)."""
+
+    def warmup(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` as many times as capture needs beforehand."""
+        raise NotImplementedError
+
+    def capture(self, fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+        """Capture ``fn``; returns ``(replay, outputs)`` where ``replay()`` recomputes ``outputs`` in place."""
+        raise NotImplementedError
+
+
+class CudaGraphs(GraphBackend):
+    """CUDA graphs sharing one memory pool; warm-up on a side stream as CUDA graph capture requires."""
+
+    WARMUP_RUNS = 2  # eager runs on a side stream before capture (lazy inits, cuBLAS workspaces)
+
+    def __init__(self) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("cuda_graph=True needs CUDA")
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def warmup(self, fn: Callable[[], Any]) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.WARMUP_RUNS):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def capture(self, fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = fn()
+        return graph.replay, out
 
 
 def _check_negative(net: Denoiser, negative: Cond | None) -> Cond | None:

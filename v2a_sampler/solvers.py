@@ -28,7 +28,7 @@ import torch
 from . import guidance as G
 from . import kernels
 from .denoisers import Cond, Denoiser, Schedule, x0_coefficients
-from .engine import GuidedDenoiser
+from .engine import GraphBackend, GuidedDenoiser
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -349,6 +349,8 @@ def sample(
     stack_models: bool = False,
     negative: Cond | None = None,
     bad_negative: Cond | None = None,
+    streams: bool = False,
+    cuda_graph: bool | GraphBackend = False,
 ) -> tuple[torch.Tensor, SampleInfo]:
     """Draw samples with a guided solver.
 
@@ -372,6 +374,9 @@ def sample(
         stack_models: evaluate a same-architecture bad model together with the good one over stacked weights.
         negative: conditions that stand in for the model's null where a branch drops them (negative prompts,
             e.g. ``{"text": negative_text_features}``); ``bad_negative`` the same for the bad model.
+        streams: on CUDA, run the good and bad models' forwards on two streams.
+        cuda_graph: capture the branch forwards of a stage as a CUDA graph (once per distinct set of active
+            branches) and replay it at the other stages; fixed shapes, CUDA only.
 
     Returns:
         ``(x0, info)`` where ``info.nfe`` is the exact number of network evaluations per sample.
@@ -400,6 +405,8 @@ def sample(
         stack_models=stack_models,
         negative=negative,
         bad_negative=bad_negative,
+        streams=streams,
+        cuda_graph=cuda_graph,
     )
 
     def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
