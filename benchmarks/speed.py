@@ -1,46 +1,54 @@
-"""Per-step cost of guided sampling: naive (one forward per branch), batched (one forward per model), stacked (good
-and bad model in one vmapped pass over stacked weights) and fused (combine + update in one kernel, CUDA).
+"""Per-step cost of guided sampling, by evaluation mode.
 
-For none/CFG/AG/PG/HG at several batch sizes, times whole guided Euler steps of the embedded model (and with
-``--large`` a random-weight transformer of roughly MMAudio-S size) and reports the per-step time, the peak memory
-on CUDA, and the share of the step spent outside network forwards (guidance combination, solver update, Python).
+Modes: ``naive`` (one forward per branch), ``batched`` (all branches of a model in one forward), ``stacked`` (good
+and bad model in one vmapped pass over stacked weights), ``compiled`` (batched through ``torch.compile``; with
+``--compile``), and on CUDA ``fused`` (combine + update in one Triton kernel), ``streams`` (good and bad forwards on
+two streams) and ``graphs`` (branch forwards replayed as CUDA graphs, fused update).
 
-    python benchmarks/speed.py --out out/speed [--quick] [--large] [--device cuda]
+For none/CFG/AG/PG/HG at several batch sizes, times whole guided Euler steps of the embedded model and, with
+``--large``, of a random-weight MMAudio-S (the real ``small_44k`` architecture, 157 M parameters, 8 s clip); the
+bad model has the good model's architecture (an earlier checkpoint). Reports the per-step time, the peak memory on
+CUDA, and the share of the step spent outside network forwards (combination, update, Python).
 
-Writes ``speed.csv``; prints a table with the speed-up of batched over naive per configuration.
+    python benchmarks/speed.py --out out/speed [--quick] [--large] [--compile] [--device cuda] [--threads 1]
+
+Writes ``speed.csv``; prints a table, the speed-ups over naive and the HG/CFG per-step ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from v2a_sampler import guidance as G
+from v2a_sampler import solvers
 from v2a_sampler.engine import GuidedDenoiser
-from v2a_sampler.models.v2a_flow import V2AFlow
+from v2a_sampler.mmaudio.network import MMAudio
 from v2a_sampler.pipeline import Pipeline
-from v2a_sampler.solvers import fused_sample
 
 METHODS = ["none", "cfg", "ag", "pg", "hg"]
-#: A V2AFlow of roughly MMAudio-S size (about 150 M parameters).
-LARGE = dict(n_mels=64, patch=2, dim=896, depth=12, heads=14, mlp_ratio=4.0, video_dim=256, frame_size=32)
-CLIP_SECONDS = 5.0
+EMBEDDED_SECONDS = 5.0  # clip length for the embedded model
+MMAUDIO_SECONDS = 8.0  # MMAudio's training length
+WEIGHT_STD = 0.02  # random weights of the MMAudio-S stand-ins (the official init zeroes the output layers)
+TIMED_MODES = ("naive", "batched", "stacked", "fused", "streams")  # modes whose forwards can be timed one by one
 
 
 class Timed(torch.nn.Module):
     """Wraps a denoiser and accumulates the wall time of its forwards."""
 
-    def __init__(self, inner: V2AFlow) -> None:
+    def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
         self.inner = inner
         self.seconds = 0.0
         for k in ("prediction", "schedule", "condition_names", "amg_weight"):
-            setattr(self, k, getattr(inner, k))
+            setattr(self, k, getattr(inner, k, None))
 
     def drop(self, cond, names):
         return self.inner.drop(cond, names)
@@ -57,45 +65,96 @@ class Timed(torch.nn.Module):
         return out
 
 
+@dataclasses.dataclass
+class Case:
+    """A good/bad model pair and a way to make inputs for a batch size."""
+
+    name: str
+    good: torch.nn.Module
+    bad: torch.nn.Module
+    inputs: Callable[[int], tuple[torch.Tensor, dict, dict]]  # batch -> (x, cond, bad_cond)
+
+
 def _sync(x: torch.Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
 
 
-def measure(good, bad, method, batch, mode, steps, device) -> dict:
-    frames = torch.randint(0, 255, (batch, int(CLIP_SECONDS * 25), 32, 32, 3), dtype=torch.uint8, device=device)
-    with torch.no_grad():
-        cond = good.inner.encode_conditions({"video": frames})
-        bad_cond = bad.inner.encode_conditions({"video": frames}) if bad is not None else None
+def embedded_case(device: torch.device) -> Case:
+    pipe = Pipeline.from_pretrained(device=device)
+    good, bad = pipe.model, pipe.bad
+    fps = pipe.video_spec.fps
+
+    def inputs(batch: int):
+        frames = torch.randint(0, 255, (batch, int(EMBEDDED_SECONDS * fps), 32, 32, 3), dtype=torch.uint8,
+                               device=device)  # fmt: skip
+        with torch.no_grad():
+            cond, bad_cond = good.encode_conditions({"video": frames}), bad.encode_conditions({"video": frames})
+        n = pipe.audio_spec.num_frames(EMBEDDED_SECONDS)
+        return torch.randn(batch, good.n_mels, n, device=device), cond, bad_cond
+
+    return Case("embedded", good, bad, inputs)
+
+
+def mmaudio_case(device: torch.device) -> Case:
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = MMAudio.from_variant("small_44k")
+        with torch.no_grad():
+            for p in net.parameters():
+                p.normal_(0.0, WEIGHT_STD)
+        nets.append(net.to(device).eval())
+    good, bad = nets
+    n = good.sequence_lengths(MMAUDIO_SECONDS)
+    a = good.arch_kwargs
+
+    def inputs(batch: int):
+        g = torch.Generator(device).manual_seed(batch)
+        cond = {
+            "clip": torch.randn(batch, n["clip"], a["clip_dim"], device=device, generator=g),
+            "sync": torch.randn(batch, n["sync"], a["sync_dim"], device=device, generator=g),
+            "text": torch.randn(batch, a["text_seq_len"], a["text_dim"], device=device, generator=g),
+        }
+        return torch.randn(batch, n["latent"], a["latent_dim"], device=device, generator=g), cond, cond
+
+    return Case("mmaudio_s", good, bad, inputs)
+
+
+def measure(case: Case, method: str, batch: int, mode: str, steps: int, device: torch.device) -> dict:
+    x, cond, bad_cond = case.inputs(batch)
+    timed = mode in TIMED_MODES
+    if mode == "compiled":
+        opts = {"fullgraph": True, "dynamic": False}
+        good, bad = torch.compile(case.good, **opts), torch.compile(case.bad, **opts)
+    elif timed:
+        good, bad = Timed(case.good), Timed(case.bad)
+    else:
+        good, bad = case.good, case.bad
     g = G.resolve(method, good, bad)
-    n_mel = int(CLIP_SECONDS * 50) + 1
-    x = torch.randn(batch, good.inner.n_mels, n_mel, device=device)
-    engine = GuidedDenoiser(good, g, cond, bad if g.needs_bad_model else None, bad_cond, batch_branches=mode != "naive",
-                            stack_models=mode == "stacked" and g.needs_bad_model)  # fmt: skip
-    ts = torch.linspace(1.0, 0.0, steps + 2).tolist()
+    engine = GuidedDenoiser(
+        good, g, cond, bad if g.needs_bad_model else None, bad_cond, batch_branches=mode != "naive",
+        stack_models=mode == "stacked" and g.needs_bad_model, streams=mode == "streams", cuda_graph=mode == "graphs",
+    )  # fmt: skip
+    ts = solvers.get_timesteps(good.schedule, steps)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     with torch.no_grad():
-        for _ in range(2):  # the first pass warms up
+        for _ in range(2):  # the first pass warms up (and compiles / captures)
             for m in (good, bad):
-                if m is not None:
+                if isinstance(m, Timed):
                     m.seconds = 0.0
             _sync(x)
             t0 = time.perf_counter()
-            if mode == "fused":
-                fused_sample(engine, x, ts, "euler")
+            if mode in ("fused", "graphs"):
+                solvers.fused_sample(engine, x, ts.tolist(), "euler")
             else:
-                y = x
-                for t, s in zip(ts[:-1], ts[1:], strict=True):
-                    x0 = engine(y, t)
-                    y = (s / t) * y + (1 - s / t) * x0  # Euler step of a noise-at-1 flow (DDIM form)
+                solvers.euler(lambda y, t: engine(y, t), x, ts.tolist(), good.schedule)
             _sync(x)
-            times.append((time.perf_counter() - t0) / (len(ts) - 1))
-    fwd = (good.seconds + (bad.seconds if bad is not None else 0.0)) / (len(ts) - 1)
+            times.append((time.perf_counter() - t0) / steps)
     step = times[-1]
-    if engine.stack is not None:  # the vmapped pass bypasses the timing wrappers
-        fwd = float("nan")
+    fwd = (good.seconds + bad.seconds) / steps if (timed and engine.stack is None) else float("nan")
     return {
         "method": method,
         "batch": batch,
@@ -115,7 +174,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 3 steps")
-    ap.add_argument("--large", action="store_true", help="also a random-weight model of MMAudio-S size")
+    ap.add_argument("--large", action="store_true", help="also a random-weight MMAudio-S (small_44k architecture)")
+    ap.add_argument("--compile", action="store_true", help="also the torch.compile mode (compiles per shape)")
+    ap.add_argument("--modes", default=None, help="comma-separated subset of modes")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -124,45 +185,45 @@ def main() -> None:
         args.batches, args.steps = "1", 3
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.from_pretrained(device=device)
-    models = [("embedded", Timed(pipe.model), Timed(pipe.bad))]
-    if args.large:
-        torch.manual_seed(0)
-        big = V2AFlow(**LARGE, audio=pipe.model.arch_kwargs["audio"], video=pipe.model.arch_kwargs["video"])
-        big_bad = V2AFlow(**LARGE, audio=pipe.model.arch_kwargs["audio"], video=pipe.model.arch_kwargs["video"])
-        models.append(("mmaudio_s_size", Timed(big.to(device).eval()), Timed(big_bad.to(device).eval())))
-    modes = ["naive", "batched", "stacked"] + (["fused"] if device.type == "cuda" else [])
+    cases = [embedded_case(device)] + ([mmaudio_case(device)] if args.large else [])
+    modes = ["naive", "batched", "stacked"] + (["compiled"] if args.compile else [])
+    modes += ["fused", "streams", "graphs"] if device.type == "cuda" else []
+    if args.modes:
+        modes = [m for m in modes if m in args.modes.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
     rows = []
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'})")
-    print(f"{'model':<16}{'method':<7}{'batch':>6}{'mode':>9}{'step ms':>10}{'fwd ms':>9}{'outside %':>11}")
-    for name, good, bad in models:
-        params = sum(p.numel() for p in good.inner.parameters()) / 1e6
-        for batch in [int(b) for b in args.batches.split(",")]:
+    print(f"{'model':<11}{'method':<7}{'batch':>6}{'mode':>10}{'step ms':>10}{'fwd ms':>9}{'outside %':>11}")
+    for case in cases:
+        params = sum(p.numel() for p in case.good.parameters()) / 1e6
+        for batch in batches:
             for method in METHODS:
                 for mode in modes:
-                    r = {"model": name, "params_m": round(params, 1), **measure(good, bad, method, batch, mode,
-                                                                                args.steps, device)}  # fmt: skip
+                    r = {"model": case.name, "params_m": round(params, 1),
+                         **measure(case, method, batch, mode, args.steps, device)}  # fmt: skip
                     rows.append(r)
-                    print(f"{name:<16}{method:<7}{batch:>6}{mode:>9}{r['step_ms']:>10.1f}{r['forward_ms']:>9.1f}"
-                          f"{r['outside_forward_pct']:>11.1f}", flush=True)  # fmt: skip
+                    print(f"{case.name:<11}{method:<7}{batch:>6}{mode:>10}{r['step_ms']:>10.1f}"
+                          f"{r['forward_ms']:>9.1f}{r['outside_forward_pct']:>11.1f}", flush=True)  # fmt: skip
     with open(args.out / "speed.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print("\nbatched speed-up over naive (per step):")
-    for name, *_ in models:
+    print("\nspeed-up over naive (per step):")
+    for case in cases:
         for method in METHODS:
-            ratios = []
-            for batch in [int(b) for b in args.batches.split(",")]:
+            cells = []
+            for batch in batches:
                 get = {r["mode"]: r["step_ms"] for r in rows if (r["model"], r["method"], r["batch"]) ==
-                       (name, method, batch)}  # fmt: skip
-                ratios.append(f"b{batch}: {get['naive'] / get['batched']:.2f}x")
-            print(f"  {name:<16}{method:<6}" + "  ".join(ratios))
-    hg = [r for r in rows if r["method"] == "hg" and r["batch"] == 1 and r["mode"] == "batched"]
-    cfg = [r for r in rows if r["method"] == "cfg" and r["batch"] == 1 and r["mode"] == "batched"]
-    if hg and cfg:
-        ratio = statistics.mean(r["step_ms"] for r in hg) / statistics.mean(r["step_ms"] for r in cfg)
-        print(f"HG / CFG per-step time at batch 1 (batched): {ratio:.2f}x")
+                       (case.name, method, batch)}  # fmt: skip
+                cells += [f"b{batch} {m}: {get['naive'] / v:.2f}x" for m, v in get.items() if m != "naive"]
+            print(f"  {case.name:<11}{method:<6}" + "  ".join(cells))
+    for case in cases:
+        for mode in modes:
+            pick = {m: [r["step_ms"] for r in rows if (r["model"], r["method"], r["batch"], r["mode"]) ==
+                        (case.name, m, 1, mode)] for m in ("hg", "cfg")}  # fmt: skip
+            if pick["hg"] and pick["cfg"]:
+                ratio = statistics.mean(pick["hg"]) / statistics.mean(pick["cfg"])
+                print(f"{case.name}: HG / CFG per-step time at batch 1 ({mode}): {ratio:.2f}x")
 
 
 if __name__ == "__main__":
