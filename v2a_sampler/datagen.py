@@ -441,6 +441,11 @@ class _Runner:
         self.on_row, self.warn, self.log_path, self.rank, self.advance = on_row, warn, log_path, rank, advance
         self.records: list[dict[str, Any]] = []
         self.buckets: dict[tuple, list[_Pending]] = {}
+        if log_path.is_file() and log_path.stat().st_size:  # a killed run may have torn the last line
+            with open(log_path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
 
     def base_record(self, row: ManifestRow, seed: int, status: str) -> dict[str, Any]:
         return {
