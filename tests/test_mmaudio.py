@@ -333,3 +333,16 @@ def test_compiles_without_graph_breaks():
     with torch.no_grad():
         for c in (cond, m.drop(cond, VIDEO_AND_TEXT)):
             assert torch.allclose(compiled(x, t, c), m(x, t, c), atol=1e-6)
+
+
+def test_prepared_conditions_equal_raw_and_are_checked():
+    m = _tiny(v2=True)
+    x, t, cond = _inputs(m, 2.0)
+    with torch.no_grad():
+        prepared = m.prepare_conditions(cond, x)
+        assert prepared.sync.shape == (x.shape[0], x.shape[1], m.hidden_dim)  # upsampled to the latent length
+        assert torch.equal(m(x, t, prepared), m(x, t, cond))
+        null = m.prepare_conditions(None, x)
+        assert torch.equal(m(x, t, null), m(x, t, None))
+    with pytest.raises(ValueError, match="do not fit the prepared conditions"):
+        m(x[:, :-1], t, prepared)

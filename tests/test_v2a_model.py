@@ -89,3 +89,25 @@ def test_good_and_bad_model_in_one_stacked_pass():
     assert outs[True][1].forwards == 3 and outs[False][1].forwards == 6  # one vmapped call per step
     with pytest.raises(ValueError, match="share one architecture"):
         solvers.sample(good, x, cond, guidance="hg", bad=V2AFlow(**{**TINY, "dim": 16}), steps=1, stack_models=True)
+
+
+def test_conditions_prepared_once_per_sample(monkeypatch):
+    """Prepared conditions give the same output; the engine prepares each branch group once, not every step."""
+    m = _model()
+    x, t, cond = _inputs()
+    with torch.no_grad():
+        enc = m.encode_conditions(cond)
+        assert torch.equal(m(x, t, m.prepare_conditions(enc, x)), m(x, t, enc))
+        with pytest.raises(ValueError, match="does not fit the prepared video condition"):
+            m(x[:, :, :9], t, m.prepare_conditions(enc, x))
+        calls = []
+        real = V2AFlow.prepare_conditions
+        monkeypatch.setattr(
+            V2AFlow, "prepare_conditions", lambda self, c, xx: calls.append(xx.shape) or real(self, c, xx)
+        )
+        out, info = solvers.sample(m, x, enc, guidance="cfg(3)", steps=4)
+        assert calls == [(4, 16, 21)]  # one stacked (cond + null) preparation for 4 steps
+        calls.clear()
+        single, _ = solvers.sample(m, x, enc, guidance="cfg(3)", steps=4, batch_branches=False)
+        assert calls == [(2, 16, 21), (2, 16, 21)]
+    assert torch.allclose(out, single, atol=1e-5)

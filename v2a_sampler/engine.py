@@ -79,6 +79,7 @@ class GuidedDenoiser:
         self._streams: list[Any] | None = None
         self.graphs: GraphBackend | None = CudaGraphs() if cuda_graph is True else (cuda_graph or None)
         self._graphed: dict[tuple, _GraphedBranches] = {}
+        self._conds: dict[tuple, tuple[bool, Any]] = {}
         self.nfe = 0
         self.nfe_by_role: Counter[str] = Counter()
         self.calls = 0
@@ -220,16 +221,31 @@ class GuidedDenoiser:
     ) -> tuple[list[torch.Tensor], int]:
         """Predictions of ``net`` for each drop set (one batched forward when the conditions stack, else one
         each), and the number of forwards run."""
-        conds = [self._branch_cond(net, cond, d) for d in drops]
         batch = x.shape[0]
-        if self.batch_branches and len(drops) > 1 and hasattr(net, "batch_conditions"):
-            stacked = net.batch_conditions(conds, batch)
-            if stacked is not NotImplemented:
-                k = len(drops)
-                xs = x.repeat(k, *([1] * (x.ndim - 1)))
-                return list(net(xs, t.repeat(batch * k), stacked).split(batch, dim=0)), 1
+        key = (id(net), tuple(tuple(sorted(d)) for d in drops), tuple(x.shape), x.dtype, str(x.device))
+        if key not in self._conds:  # branch conditions are fixed for the engine: built (and prepared) once
+            self._conds[key] = self._branch_conds(net, cond, drops, x)
+        stacked, conds = self._conds[key]
+        if stacked:
+            k = len(drops)
+            xs = x.repeat(k, *([1] * (x.ndim - 1)))
+            return list(net(xs, t.repeat(batch * k), conds).split(batch, dim=0)), 1
         t_vec = t.repeat(batch)
         return [net(x, t_vec, c) for c in conds], len(drops)
+
+    def _branch_conds(
+        self, net: Denoiser, cond: Cond | None, drops: list[frozenset[str]], x: torch.Tensor
+    ) -> tuple[bool, Any]:
+        """``(True, stacked condition)`` for one batched forward, else ``(False, [condition per branch])``; each
+        passed through the model's ``prepare_conditions(cond, x)`` when it has one (work independent of x, t)."""
+        conds = [self._branch_cond(net, cond, d) for d in drops]
+        prepare = getattr(net, "prepare_conditions", None)
+        if self.batch_branches and len(drops) > 1 and hasattr(net, "batch_conditions"):
+            stacked = net.batch_conditions(conds, x.shape[0])
+            if stacked is not NotImplemented:
+                xs = x.repeat(len(drops), *([1] * (x.ndim - 1)))
+                return True, (prepare(stacked, xs) if prepare is not None else stacked)
+        return False, [prepare(c, x) if prepare is not None else c for c in conds]
 
 
 class _GraphedBranches:

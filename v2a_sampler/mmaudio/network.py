@@ -25,6 +25,7 @@ feature extractors produce for a duration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -296,6 +297,18 @@ class TimeEmbedder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class PreparedConditions:
+    """MMAudio's condition streams for one batch, independent of the latents and the time (see
+    :meth:`MMAudio.prepare_conditions`): projected tokens ``[B, L, D]`` (sync already upsampled to the latent
+    length) and the pooled global condition ``[B, D]``."""
+
+    clip: torch.Tensor
+    sync: torch.Tensor
+    text: torch.Tensor
+    pooled: torch.Tensor
+
+
 class MMAudio(DenoiserModule):
     """MMAudio flow network ``(x [B, N, latent_dim], t [B], {"clip", "sync", "text"}) -> velocity``.
 
@@ -470,7 +483,12 @@ class MMAudio(DenoiserModule):
         return out
 
     # -- network -------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | None) -> torch.Tensor:
+    def prepare_conditions(self, cond: Cond | None, x: torch.Tensor) -> PreparedConditions:
+        """The condition streams for latents shaped like ``x``, projected once (they do not depend on x or t).
+
+        :meth:`forward` accepts the result in place of ``cond``; the sampling engine prepares each branch's
+        conditions once per sample and reuses them at every step (as the official ``preprocess_conditions``).
+        """
         if x.ndim != 3 or x.shape[-1] != self.latent_dim:
             raise ValueError(f"MMAudio expects latents [B, N, {self.latent_dim}], got {tuple(x.shape)}")
         b, n, _ = x.shape
@@ -489,8 +507,6 @@ class MMAudio(DenoiserModule):
         clip, sync, text = feats["clip"], feats["sync"], feats["text"]
         if sync.shape[1] % SYNC_SEGMENT:
             raise ValueError(f"sync features length {sync.shape[1]} is not a multiple of {SYNC_SEGMENT}")
-
-        # condition streams (independent of x and t)
         sync = (sync.unflatten(1, (-1, SYNC_SEGMENT)) + self.sync_pos_emb).flatten(1, 2)
         clip = self.clip_input_proj(clip)
         sync = self.sync_input_proj(sync)
@@ -498,10 +514,21 @@ class MMAudio(DenoiserModule):
         sync = sync.index_select(1, self._upsample_index(sync.shape[1], n, x.device))  # nearest-exact to N
         clip_c = self.clip_cond_proj(clip.mean(dim=1))
         text_c = self.text_cond_proj(text.mean(dim=1))
+        return PreparedConditions(clip=clip, sync=sync, text=text, pooled=self.global_cond_mlp(clip_c + text_c))
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | PreparedConditions | None) -> torch.Tensor:
+        if isinstance(cond, PreparedConditions):
+            if x.ndim != 3 or x.shape[0] != cond.clip.shape[0] or x.shape[1] != cond.sync.shape[1]:
+                raise ValueError(f"latents {tuple(x.shape)} do not fit the prepared conditions")
+            prepared = cond
+        else:
+            prepared = self.prepare_conditions(cond, x)
+        b, n, _ = x.shape
+        dtype = self.audio_input_proj[0].weight.dtype
+        clip, text = prepared.clip, prepared.text
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
-        global_c = (self.t_embed(t) + self.global_cond_mlp(clip_c + text_c)).unsqueeze(1)  # B 1 D
-        extended_c = global_c + sync  # B N D: per-token conditioning of the audio stream
+        global_c = (self.t_embed(t) + prepared.pooled).unsqueeze(1)  # B 1 D
+        extended_c = global_c + prepared.sync  # B N D: per-token conditioning of the audio stream
         latent_rope = self.rope(n, 1.0, x.device)
         clip_rope = self.rope(clip.shape[1], n / clip.shape[1], x.device)
 

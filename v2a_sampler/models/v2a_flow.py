@@ -14,6 +14,7 @@ Protocol: velocity prediction with noise at t=1 (``x_t = (1 - t) x0 + t eps``), 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,6 +43,14 @@ def _sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
     ang = pos.float().unsqueeze(-1) * freqs
     return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
+
+
+@dataclasses.dataclass
+class PreparedVideo:
+    """The video condition of one batch projected for the network: per-token ``[B, N, D]`` and pooled ``[B, D]``."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
 
 
 class FrameEncoder(nn.Module):
@@ -223,21 +232,30 @@ class V2AFlow(DenoiserModule):
         return v
 
     # -- network -------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | None) -> torch.Tensor:
+    def prepare_conditions(self, cond: Cond | None, x: torch.Tensor) -> PreparedVideo:
+        """The video condition for audio shaped like ``x``, projected once (independent of x's values and t)."""
         if x.ndim != 3 or x.shape[1] != self.n_mels:
             raise ValueError(f"V2AFlow expects x of shape [B, {self.n_mels}, T], got {tuple(x.shape)}")
+        b, _, frames = x.shape
+        n_tok = -(-frames // self.patch)
+        dtype = self.tok_in.weight.dtype
+        video = self._video_features(cond, b, dtype, x.device)  # B Tv D
+        aligned = F.interpolate(video.transpose(1, 2), size=n_tok, mode="linear", align_corners=False)
+        return PreparedVideo(tokens=self.video_in(aligned.transpose(1, 2)), pooled=self.global_in(video.mean(1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | PreparedVideo | None) -> torch.Tensor:
+        prepared = cond if isinstance(cond, PreparedVideo) else self.prepare_conditions(cond, x)
         b, _, frames = x.shape
         pad = (-frames) % self.patch
         xp = F.pad(x, (0, pad)) if pad else x
         n_tok = xp.shape[-1] // self.patch
+        if prepared.tokens.shape[:2] != (b, n_tok):
+            raise ValueError(f"audio {tuple(x.shape)} does not fit the prepared video condition")
         dtype = self.tok_in.weight.dtype
         tok = xp.to(dtype).unflatten(-1, (n_tok, self.patch)).permute(0, 2, 1, 3).flatten(2)  # B N (mels*patch)
-        h = self.tok_in(tok.transpose(1, 2)).transpose(1, 2)
-        video = self._video_features(cond, b, dtype, x.device)  # B Tv D
-        aligned = F.interpolate(video.transpose(1, 2), size=n_tok, mode="linear", align_corners=False)
-        h = h + self.video_in(aligned.transpose(1, 2))
+        h = self.tok_in(tok.transpose(1, 2)).transpose(1, 2) + prepared.tokens
         c = self.time_mlp(_sinusoid(t.reshape(-1).expand(b) * TIME_SCALE, self.dim).to(dtype))
-        c = c + self.global_in(video.mean(1))
+        c = c + prepared.pooled
         for blk in self.blocks:
             h = blk(h, c)
         shift, scale = self.mod_out(F.silu(c)).unsqueeze(1).chunk(2, dim=-1)
