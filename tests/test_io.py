@@ -358,3 +358,11 @@ def test_mux_refuses_and_is_atomic(videos, tmp_path, monkeypatch):
     assert out.read_bytes() == before and not (tmp_path / "new.mp4").exists()
     assert leftovers(tmp_path) == []
     assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+def test_iter_frames_yields_every_frame_with_its_time(tmp_path):
+    path = make_video(tmp_path / "vfr.mp4", 1000, 5, pts_ms=[0, 40, 120, 130, 300])
+    seen = [(i, round(t, 3), f.width) for i, t, f in io.iter_frames(path)]
+    assert seen == [(0, 0.0, 64), (1, 0.04, 64), (2, 0.12, 64), (3, 0.13, 64), (4, 0.3, 64)]
+    with pytest.raises(io.V2AInputError, match="video not found"):
+        next(io.iter_frames(tmp_path / "missing.mp4"))

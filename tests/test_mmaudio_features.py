@@ -19,8 +19,8 @@ from torch import nn
 from v2a_sampler.io import V2AInputError
 from v2a_sampler.mmaudio import clip as clip_mod
 from v2a_sampler.mmaudio import frames as fr
+from v2a_sampler.mmaudio.checkpoints import CheckpointError
 from v2a_sampler.mmaudio.features import MMAudioFeatures
-from v2a_sampler.mmaudio.hub import WeightsError
 from v2a_sampler.mmaudio.network import MMAudio, sequence_lengths
 from v2a_sampler.mmaudio.synchformer import (
     CHECKPOINT_PREFIX,
@@ -108,7 +108,7 @@ def test_official_checkpoint_file_loads_strictly(tmp_path, reduced):
         assert torch.equal(v, state[k]), k
     del state["vfeat_extractor.norm.bias"]
     torch.save(state, path)
-    with pytest.raises(WeightsError, match=r"does not fit Synchformer.*norm\.bias") as err:
+    with pytest.raises(CheckpointError, match=r"Synchformer: .* does not fit: .*norm\.bias") as err:
         Synchformer.from_official(path, **meta["config"])
     assert "\n" not in str(err.value)
     bad = {**state, "vfeat_extractor.norm.bias": torch.zeros(5)}

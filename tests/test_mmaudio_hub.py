@@ -9,6 +9,7 @@ import torch
 from test_mmaudio import TINY, _inputs
 
 from v2a_sampler.mmaudio import hub
+from v2a_sampler.mmaudio.checkpoints import CheckpointError
 from v2a_sampler.mmaudio.network import STALE_KEYS, VARIANTS, MMAudio
 from v2a_sampler.models import from_pretrained
 
@@ -74,12 +75,12 @@ def test_cached_download_verifies_md5_once(tmp_path, monkeypatch):
 
     bad = {"tiny": hub.WeightFile(hub.REPO_ID, "weights/mmaudio_tiny.pth", "0" * 32, "1M")}
     path.with_name(path.name + ".md5ok").unlink()
-    with pytest.raises(hub.WeightsError, match="checksum mismatch .* expected 0{32}\\); delete it and retry"):
+    with pytest.raises(CheckpointError, match="checksum mismatch .* expected 0{32}\\); delete it and retry"):
         hub.download("tiny", cache_dir=cache, local_files_only=True, table=bad)
 
 
 def test_offline_missing_file_is_one_clear_error(tmp_path):
-    with pytest.raises(hub.WeightsError, match=r"cannot get hkchengrex/MMAudio/weights/mmaudio_small_44k.pth "
+    with pytest.raises(CheckpointError, match=r"cannot get hkchengrex/MMAudio/weights/mmaudio_small_44k.pth "
                        r"\(offline: cache only\)") as e:  # fmt: skip
         hub.download("small_44k", cache_dir=tmp_path, local_files_only=True)
     assert "\n" not in str(e.value)
@@ -88,14 +89,14 @@ def test_offline_missing_file_is_one_clear_error(tmp_path):
 
 
 def test_bad_checkpoints_are_reported(tmp_path):
-    with pytest.raises(hub.WeightsError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="MMAudio small_16k: no such file"):
         hub.load_network(tmp_path / "missing.pth", "small_16k")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(hub.WeightsError, match="not a loadable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a loadable PyTorch checkpoint"):
         hub.load_network(tmp_path / "junk.pth", "small_16k")
     ckpt = tmp_path / "tiny.pth"
     _tiny_checkpoint(ckpt)
-    with pytest.raises(hub.WeightsError, match=r"does not fit MMAudio 'small_44k'"):
+    with pytest.raises(CheckpointError, match=r"MMAudio small_44k: .*tiny.pth does not fit: size mismatch"):
         hub.load_network(ckpt, "small_44k", **{**TINY, "latent_dim": 7})
 
 

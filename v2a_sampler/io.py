@@ -1,11 +1,13 @@
 """Audio/video I/O for the pipeline and the CLI: probing, timestamp-based frame sampling, atomic WAV writing and muxing.
 
 * :func:`probe_video` reads a video's duration, frame rate, size, frame count and whether it has audio.
-* :func:`read_frames` samples frames **by timestamp** at a fixed target rate (the rule of MMAudio's reader): the
+* :func:`read_frames` samples frames **by timestamp** at a fixed target rate (the embedded model's rule): the
   frame for target time ``t_k = start + k / fps`` is the latest decoded frame whose presentation time is
   ``<= t_k + TIME_EPS`` (1 ms; the first frame when none is), and a window of ``duration`` seconds gives exactly
   :func:`num_target_frames` ``(duration, fps) = floor(duration * fps + 1/2)`` frames, whatever the source rate
   (29.97, 2 fps or variable).
+* :func:`iter_frames` yields every decoded frame with its time, for readers with their own selection rule
+  (``v2a_sampler.mmaudio.frames`` follows MMAudio's: the first frame at or after each target time).
 * :func:`read_audio` decodes the first audio stream of any file FFmpeg reads (WAV, MP4, ...).
 * :func:`write_wav` and :func:`mux` write atomically (a temporary file in the same directory, then ``os.replace``)
   and refuse to overwrite an existing file unless ``overwrite=True``. :func:`mux` copies the video stream (it
@@ -205,6 +207,24 @@ def probe_video(path: PathLike) -> VideoInfo:
 # ---------------------------------------------------------------------------------------------------------------
 # Frames
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def iter_frames(path: PathLike) -> Iterator[tuple[int, float, av.VideoFrame]]:
+    """Every decoded frame of a video's first video stream as ``(index, seconds from the stream start, frame)``.
+
+    For readers with their own frame-selection rule; raises :class:`V2AInputError` for unreadable files. The file
+    closes when the iteration ends (or the generator is closed).
+    """
+    p = _existing_file(path, "video")
+    with _open_input(p) as container:
+        info, stream = _probe(container, p)
+        origin = _start_seconds(stream)
+        period = 1.0 / info.fps  # only for frames without timestamps
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                yield index, (frame.time - origin if frame.time is not None else index * period), frame
+        except av.error.FFmpegError as e:
+            raise V2AInputError(f"cannot decode the video in {p}: {e.strerror}") from None
 
 
 def num_target_frames(duration: float, fps: float) -> int:

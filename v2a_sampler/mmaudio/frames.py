@@ -28,8 +28,8 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-import av
 import torch
 import torch.nn.functional as F
 
@@ -164,36 +164,33 @@ def read_video(path: str | os.PathLike, duration: float = DEFAULT_DURATION) -> M
     """
     if not (isinstance(duration, int | float) and math.isfinite(duration) and duration > 0):
         raise io.V2AInputError(f"duration must be a positive number of seconds, got {duration!r}")
-    p = io._existing_file(path, "video")
+    p = Path(path)
     rates = (CLIP_FPS, SYNC_FPS)
     resizers = (clip_resize, sync_resize)
     kept: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
     indices: tuple[list[int], list[int]] = ([], [])
-    with io._open_input(p) as container:
-        info, stream = io._probe(container, p)
-        origin = io._start_seconds(stream)
-        period = 1.0 / info.fps  # only for frames without timestamps
-        targets = [0.0, 0.0]
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                t = frame.time - origin if frame.time is not None else index * period
-                if t < 0:
-                    continue
-                if t > duration:
-                    break
-                pixels = None
-                for r, fps in enumerate(rates):
-                    resized = None
-                    while t >= targets[r]:
-                        if resized is None:
-                            if pixels is None:
-                                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
-                            resized = resizers[r](pixels)[0]
-                        kept[r].append(resized)
-                        indices[r].append(index)
-                        targets[r] += 1 / fps
-        except av.error.FFmpegError as e:
-            raise io.V2AInputError(f"cannot decode the video in {p}: {e.strerror}") from None
+    targets = [0.0, 0.0]
+    frames = io.iter_frames(p)
+    try:
+        for index, t, frame in frames:
+            if t < 0:
+                continue
+            if t > duration:
+                break
+            pixels = None
+            for r, fps in enumerate(rates):
+                resized = None
+                while t >= targets[r]:
+                    if resized is None:
+                        if pixels is None:
+                            pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
+                        resized = resizers[r](pixels)[0]
+                    kept[r].append(resized)
+                    indices[r].append(index)
+                    targets[r] += 1 / fps
+    finally:
+        frames.close()
+    source_fps = io.probe_video(p).fps
     if not kept[1]:
         raise io.V2AInputError(f"no frames in the first {duration:g} s of {p}")
     final = truncated_duration(duration, len(kept[0]), len(kept[1]))
@@ -207,7 +204,7 @@ def read_video(path: str | os.PathLike, duration: float = DEFAULT_DURATION) -> M
         clip=to_unit(torch.stack(kept[0][:n_clip])),
         sync=normalize(to_unit(torch.stack(kept[1][:n_sync]))),
         duration=final,
-        source_fps=info.fps,
+        source_fps=source_fps,
         clip_indices=tuple(indices[0][:n_clip]),
         sync_indices=tuple(indices[1][:n_sync]),
     )

@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..models.registry import _env_flag, save_pretrained
+from .checkpoints import CheckpointError, load_into, read_state_dict
 from .network import STALE_KEYS, VARIANTS, MMAudio
 
 REPO_ID = "hkchengrex/MMAudio"
@@ -74,10 +73,6 @@ def files_for(variant: str) -> dict[str, str]:
     return {"network": variant, "vae": f"vae_{rate}", "vocoder": vocoder, "synchformer": "synchformer"}
 
 
-class WeightsError(RuntimeError):
-    """An official weight file could not be downloaded, found or verified (message is one line)."""
-
-
 def md5sum(path: str | os.PathLike) -> str:
     """Hex MD5 of a file."""
     h = hashlib.md5()
@@ -102,7 +97,7 @@ def verify(path: str | os.PathLike, md5: str | None, label: str = "") -> Path:
         pass
     got = md5sum(path)
     if got != md5:
-        raise WeightsError(
+        raise CheckpointError(
             f"{label or path.name}: checksum mismatch for {path} (md5 {got}, expected {md5}); delete it and retry"
         )
     try:
@@ -120,7 +115,7 @@ def download(
 ) -> Path:
     """Local path of the official file ``name`` (a key of :data:`FILES`), downloaded into the hub cache if needed.
 
-    ``local_files_only`` (default: ``HF_HUB_OFFLINE``) never touches the network. Raises :class:`WeightsError`
+    ``local_files_only`` (default: ``HF_HUB_OFFLINE``) never touches the network. Raises :class:`CheckpointError`
     with one clear line when the file cannot be had or fails its checksum.
     """
     from huggingface_hub import hf_hub_download
@@ -136,34 +131,21 @@ def download(
     except Exception as e:  # network errors, missing files, incomplete caches: one clear line
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         mode = "offline: cache only" if offline else f"{entry.size} download"
-        raise WeightsError(
+        raise CheckpointError(
             f"cannot get {entry.repo_id}/{entry.filename} ({mode}): {type(e).__name__}: {reason}"
         ) from None
     return verify(got, entry.md5, f"{entry.repo_id}/{entry.filename}")
 
 
-def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The flat state dict of an official ``.pth`` flow checkpoint (loaded with ``weights_only=True``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"no such checkpoint: {path}") from None
-    except Exception as e:
-        raise WeightsError(f"{path} is not a loadable PyTorch checkpoint: {type(e).__name__}: {e}") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: expected a flat state dict of tensors (an official MMAudio flow checkpoint)")
-    return {k: v for k, v in state.items() if k not in STALE_KEYS}
-
-
 def load_network(path: str | os.PathLike, variant: str, **overrides: Any) -> MMAudio:
-    """The official flow checkpoint at ``path`` as our :class:`MMAudio` (strict load; eval mode)."""
+    """The official flow checkpoint at ``path`` as our :class:`MMAudio` (strict load; eval mode).
+
+    Stale non-persistent buffers that older checkpoints carry (``latent_rot``, ...) are ignored.
+    """
+    what = f"MMAudio {variant}"
+    state = read_state_dict(path, what, f"mmaudio_{variant}.pth")
     model = MMAudio.from_variant(variant, **overrides)
-    state = load_official_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise WeightsError(f"{path} does not fit MMAudio {variant!r}: {' '.join(first[:2])}") from None
+    load_into(model, {k: v for k, v in state.items() if k not in STALE_KEYS}, path, what)
     return model.eval()
 
 

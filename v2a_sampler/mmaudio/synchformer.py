@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import load_into, read_state_dict
+
 #: Frames per Synchformer window and the stride between windows (MMAudio's ``encode_video_with_sync``).
 SEGMENT_FRAMES = 16
 SEGMENT_STEP = 8
@@ -320,15 +322,12 @@ class Synchformer(nn.Module):
     def from_official(cls, path: str | os.PathLike | None = None, **overrides: Any) -> Synchformer:
         """The official ``synchformer_state_dict.pth`` (downloaded into the hub cache when ``path`` is None), strictly
         loaded, in eval mode."""
-        from .hub import WeightsError, download, load_official_state_dict
+        from .hub import download
 
         path = download("synchformer") if path is None else Path(path)
         model = cls(**overrides)
-        try:
-            model.load_state_dict(load_official_state_dict(path), strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise WeightsError(f"{path} does not fit Synchformer: {' '.join(first[:2])}") from None
+        what = "Synchformer"
+        load_into(model, read_state_dict(path, what, "synchformer_state_dict.pth"), path, what)
         return model.eval()
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import CheckpointError, load_into, read_state_dict
+
 MANIFEST_PATH = Path(__file__).parent / "manifests" / "vae.json"
 NORM_EPS = 1e-4  # epsilon of the magnitude-preserving normalisation (EDM2 ``normalize``)
 SILU_GAIN = 0.596  # std of silu(x) for x ~ N(0, 1): mp_silu divides by it to preserve magnitudes
@@ -457,32 +459,6 @@ def _drop_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *args: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class CheckpointError(RuntimeError):
-    """An official weight file is missing, unreadable or does not fit the module (message is one line)."""
-
-
-def read_checkpoint(path: str | os.PathLike, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with a one-line :class:`CheckpointError` on failure."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"{what}: no such file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{what}: {path} is not a loadable PyTorch checkpoint: {type(e).__name__}: {reason}"
-        ) from None
-
-
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, what: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a one-line :class:`CheckpointError` on a mismatch."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        raise CheckpointError(f"{what}: {path} does not fit: {' '.join(lines[1:3])[:400]}") from None
-
-
 def vae_mode_of(state: Mapping[str, torch.Tensor]) -> str:
     """``"16k"`` or ``"44k"`` from the mel statistics stored in an official VAE state dict."""
     mean = state.get("data_mean")
@@ -500,9 +476,7 @@ def load_vae(
     Without ``model`` the official size is built for ``mode`` (default: read from the file's mel statistics).
     """
     what = "MMAudio VAE"
-    state = read_checkpoint(path, what)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{what}: {path} is not a flat state dict of tensors (expected v1-16.pth / v1-44.pth)")
+    state = read_state_dict(path, what, "v1-16.pth / v1-44.pth")
     if model is None:
         try:
             found = vae_mode_of(state)

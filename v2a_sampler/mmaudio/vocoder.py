@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from .vae import VAE_CONFIGS, AudioVAE, CheckpointError, load_into, load_vae, read_checkpoint
+from .checkpoints import CheckpointError, load_into, read_checkpoint
+from .vae import VAE_CONFIGS, AudioVAE, load_vae
 
 MANIFEST_PATH = Path(__file__).parent / "manifests" / "vocoder.json"
 AA_RATIO = 2  # anti-aliased activations run at twice the signal rate (upsample, activation, downsample)
