@@ -333,17 +333,18 @@ def _init_group(info: DistInfo, device: torch.device) -> bool:
     if info.world_size == 1 or dist.is_initialized():
         return False
     if device.type == "cuda":
-        dist.init_process_group("nccl", timeout=BARRIER_TIMEOUT, device_id=device)
+        gpu = torch.device("cuda", device.index if device.index is not None else info.local_rank)
+        dist.init_process_group("nccl", timeout=BARRIER_TIMEOUT, device_id=gpu)
     else:
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     return True
 
 
-def _barrier(device: torch.device) -> None:
+def _barrier(device: torch.device, local_rank: int) -> None:
     import torch.distributed as dist
 
     if dist.get_backend() == "nccl" and device.type == "cuda":
-        dist.barrier(device_ids=[device.index or 0])
+        dist.barrier(device_ids=[device.index if device.index is not None else local_rank])
     else:
         dist.barrier()
 
@@ -673,7 +674,7 @@ def _run(man, out_dir, pipe, info, device, tag, guidance, solver, steps, seed, d
     mine_part = {"rank": info.rank, "started": started, "finished": _now(), "wall_seconds": wall, "rows": records}
     if info.world_size > 1:
         _write_json(part, mine_part)
-        _barrier(device)
+        _barrier(device, info.local_rank)
         if info.rank != 0:
             return _summary(man, out_dir, config, info.world_size, batch_size, mux, [mine_part], started)
         parts = [json.loads((state / f"{PART_PREFIX}{r}.json").read_text()) for r in range(info.world_size)]
