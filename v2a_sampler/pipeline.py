@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,12 +29,17 @@ from .models import resolve_folder
 from .models import save_pretrained as save_model
 from .models.v2a_flow import V2AFlow
 
+if TYPE_CHECKING:
+    from .mmaudio.pipeline import MMAudioPipeline
+
 #: Name of the bad model's sub-folder inside a pipeline folder.
 BAD_SUBFOLDER = "bad"
 #: Frames are decoded at this multiple of the model's frame size (then area-resized by the model), matching how the
 #: training clips were rendered (96 px) and resized (32 px).
 READ_SCALE = 3
 #: Default solver and steps of the embedded model (Euler as in MMAudio's demo).
+#: The Hugging Face repo of the official MMAudio checkpoints (loaded by :class:`MMAudioPipeline`).
+MMAUDIO_REPO = "hkchengrex/MMAudio"
 DEFAULT_SOLVER = "euler"
 DEFAULT_STEPS = 25
 
@@ -123,13 +128,28 @@ class Pipeline:
         bad: str | os.PathLike | bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str | None = None,
+        variant: str | None = None,
+        bad_variant: str | None = None,
         **hub_kwargs: Any,
-    ) -> Pipeline:
+    ) -> Pipeline | MMAudioPipeline:
         """Load a pipeline folder or Hugging Face repo id (``None``: the embedded model).
 
         ``bad``: ``None`` loads the ``bad/`` sub-folder when present, a path or repo id loads that model,
         ``False`` loads none.
+
+        ``"hkchengrex/MMAudio"`` (or any ``variant``) loads the official MMAudio checkpoints instead:
+        ``Pipeline.from_pretrained("hkchengrex/MMAudio", variant="large_44k_v2", bad_variant="small_44k")``
+        returns a :class:`~v2a_sampler.mmaudio.pipeline.MMAudioPipeline` (downloads, caches and verifies the
+        official files; ``cache_dir`` / ``local_files_only`` as for the hub).
         """
+        if str(name_or_path) == MMAUDIO_REPO or variant is not None or bad_variant is not None:
+            from .mmaudio.pipeline import MMAudioPipeline
+
+            if bad is not None:
+                raise ValueError("for MMAudio pass the bad model as bad_variant=..., not bad=...")
+            return MMAudioPipeline.from_pretrained(
+                variant or "large_44k_v2", bad_variant, device=device, dtype=dtype, **hub_kwargs
+            )
         root = embedded_model_path() if name_or_path is None else name_or_path
         model = load_model(root, device=device, dtype=dtype, **hub_kwargs)
         bad_model = None
