@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,37 @@ def test_usage_errors(tmp_path):
     one_error_line(cli("--guidance", "hg(1,2", "--explain"), 2, "cannot parse guidance")
     one_error_line(cli(str(tmp_path / "*.mp4")), 2, "no file matches")
     one_error_line(cli(str(tmp_path)), 2, "is a directory")
+
+
+def test_mmaudio_model_spec_prompts_and_errors(env, tmp_path, monkeypatch):
+    """--model mmaudio:VARIANT / --bad-model mmaudio:VARIANT / --prompt / --negative-prompt, and their errors."""
+    from test_mmaudio_pipeline import tiny_mmaudio_pipeline
+
+    video = str(env["root"] / "one.mp4")
+    one_error_line(cli(video, "--model", env["model"], "--prompt", "rain", *FAST), 2, "has no text condition")
+    one_error_line(cli(video, "--bad-model", "mmaudio:small_44k", *FAST), 2, "needs an MMAudio --model")
+    offline = subprocess.run(
+        [sys.executable, "-m", "v2a_sampler.cli", video, "--model", "mmaudio:small_16k", *FAST],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")},
+    )  # fmt: skip
+    one_error_line(offline, 1, "cannot get hkchengrex/MMAudio/weights/mmaudio_small_16k.pth (offline: cache only)")
+
+    calls = {}
+
+    def fake(name, variant=None, bad_variant=None, **kw):
+        calls.update(name=name, variant=variant, bad_variant=bad_variant)
+        return tiny_mmaudio_pipeline()
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", staticmethod(fake))
+    wav = tmp_path / "mm.wav"
+    args = [video, "--model", "mmaudio:small_16k", "--bad-model", "mmaudio:small_16k", "-g", "hg", "--prompt",
+            "rain", "--negative-prompt", "music", "--out", str(wav), *FAST]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert calls == {"name": "hkchengrex/MMAudio", "variant": "small_16k", "bad_variant": "small_16k"}
+    audio, sr = io.read_audio(wav)
+    assert sr == 16000 and abs(audio.shape[-1] / sr - io.probe_video(video).duration) < 0.1
+    assert "hg" in res.stdout and "NFE 8" in res.stdout
+    res = runner.invoke(app, [video, "--model", "mmaudio:small_16k", "--out", str(tmp_path / "cfg.wav"), *FAST])
+    assert res.exit_code == 0 and "cfg(4.5)" in res.stdout and "NFE 4" in res.stdout  # the official default

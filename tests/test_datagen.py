@@ -301,3 +301,24 @@ def test_cli_manifest_errors_and_fail_on_error(env, tmp_path):
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert torch.get_num_threads() == 1
+
+
+def test_manifest_rows_with_prompts_on_an_mmaudio_pipeline(env, tmp_path):
+    """Prompts reach a text-conditioned pipeline; rows of equal duration and prompt share a forward."""
+    from test_mmaudio_pipeline import tiny_mmaudio_pipeline
+
+    from v2a_sampler.mmaudio.frames import read_video
+
+    v, pipe = env["videos"], tiny_mmaudio_pipeline()
+    text = "video,seed,prompt\na.mp4,1,rain\nb.mp4,2,rain\nsub/a.mp4,3,a dog barks\n"
+    warnings: list[str] = []
+    summary = datagen.run_manifest(write(v / "mm.csv", text), tmp_path / "out", pipe, guidance="cfg(3)",
+                                   steps=2, batch_size=2, warn=warnings.append)  # fmt: skip
+    rows = summary["rows"]
+    assert [r["status"] for r in rows] == ["done"] * 3 and warnings == [], warnings
+    assert [r.get("batch") for r in rows] == [2, 2, 1]
+    for r, name, prompt in zip(rows, ["a", "b", "sub/a"], ["rain", "rain", "a dog barks"], strict=True):
+        audio = read_wav(tmp_path / "out" / r["outputs"][0])
+        alone = pipe(v / f"{name}.mp4", prompt=prompt, seed=r["seed"], guidance="cfg(3)", steps=2)
+        assert audio.shape[0] == round(16000 * read_video(v / f"{name}.mp4").duration) == alone.waveform.shape[0]
+        assert np.abs(audio - alone.waveform.clamp(-1, 1).numpy()).max() < 1e-3

@@ -60,8 +60,8 @@ def _network(seed: int, **over) -> MMAudio:
     return m
 
 
-@pytest.fixture(scope="module")
-def pipe():
+def tiny_mmaudio_pipeline() -> MMAudioPipeline:
+    """A 16 kHz MMAudio pipeline with random weights at reduced sizes (stub CLIP, small Synchformer)."""
     torch.manual_seed(0)
     vae = AudioVAE(VAEConfig(data_dim=80, embed_dim=LATENT, hidden_dim=8), with_encoder=False)
     config = BigVGANConfig(num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2), upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
@@ -71,6 +71,11 @@ def pipe():
     decoder = MMAudioDecoder("16k", vae=vae, vocoder=vocoder)
     features = MMAudioFeatures(StubClip(), Synchformer(SynchformerConfig(dim=SYNC_DIM, depth=1, heads=2)))
     return MMAudioPipeline(_network(0), decoder, features, bad=_network(1), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_mmaudio_pipeline()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +121,7 @@ def test_text_only_and_guidance_with_the_bad_model(pipe):
     out = pipe(None, prompt="thunder", duration=1.0, steps=STEPS, guidance="hg")
     assert out.waveform.shape == (RATE,) and out.source is None
     assert out.info["nfe"] == 4 * STEPS
-    assert pipe.nfe("hg", steps=STEPS) == 4 * STEPS
+    assert pipe.nfe("hg", steps=STEPS) == 4 * STEPS and pipe.nfe("cfg(2)", "heun", STEPS) == 2 * (2 * STEPS - 1)
 
 
 def test_bad_inputs(pipe, clips):

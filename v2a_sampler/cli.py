@@ -10,6 +10,7 @@ written atomically and existing files are never replaced without ``--overwrite``
 from __future__ import annotations
 
 import glob
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ from . import guidance as G
 
 EXIT_USAGE = 2  # bad arguments or inputs
 EXIT_RUNTIME = 1  # the run itself failed (model, numerics)
+#: Guidance of the embedded model when --guidance is not given (MMAudio pipelines use their own default).
+DEFAULT_GUIDANCE = "hg"
+#: ``--model`` prefix selecting an official MMAudio variant.
+MMAUDIO_PREFIX = "mmaudio:"
 MUX_SUFFIX = "_v2a"  # video.mp4 -> video_v2a.mp4
 GLOB_CHARS = "*?["
 
@@ -146,14 +151,16 @@ def main(
         list[str] | None, typer.Argument(help="Input videos (paths or quoted globs).", show_default=False)
     ] = None,
     guidance: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--guidance",
             "-g",
             help='Guidance spec: none, cfg(4.5), ag(2), pg(2.7,0.15), hg(2.7,2.5,1.2), "hg" (paper defaults), '
-            "linear combinations, intervals G@[lo,hi]. See --list-guidance.",
+            "linear combinations, intervals G@[lo,hi]. See --list-guidance. Default: hg for the embedded model, "
+            "cfg(4.5) for MMAudio (the official demo).",
+            show_default=False,
         ),
-    ] = "hg",
+    ] = None,
     solver: Annotated[str, typer.Option(help="euler, heun, dpmpp_2m or dpmpp_2m_sde.")] = "euler",
     steps: Annotated[int, typer.Option(min=1, help="Solver steps.")] = 25,
     seed: Annotated[int, typer.Option(help="Seed; input i uses seed + i.")] = 0,
@@ -166,11 +173,28 @@ def main(
         float | None, typer.Option(help="Seconds from the start to score (default: whole video).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model folder or Hugging Face repo id (default: the embedded model).")
+        str | None,
+        typer.Option(
+            help="Model folder, Hugging Face repo id, or mmaudio:VARIANT for the official MMAudio checkpoints "
+            "(small_16k, small_44k, medium_44k, large_44k, large_44k_v2). Default: the embedded model."
+        ),
     ] = None,
     bad_model: Annotated[
-        str | None, typer.Option(help="Bad model folder/repo id; 'none' disables (default: the model's bad/).")
+        str | None,
+        typer.Option(
+            help="Bad model folder/repo id, or mmaudio:VARIANT with an MMAudio --model; 'none' disables "
+            "(default: the model's bad/)."
+        ),
     ] = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="Text prompt (models with a text condition, e.g. MMAudio).")
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option(help="Negative text prompt: replaces the null text of the unconditional branches.")
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="Sample through torch.compile-d networks (compiles once per length).")
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     spectrogram: Annotated[
@@ -206,20 +230,24 @@ def main(
         _list_guidance()
         return
     try:
-        g = G.parse(guidance)
+        g = G.parse(guidance) if guidance is not None else None
         if explain:
+            g = g or G.parse(DEFAULT_GUIDANCE)
             _explain(g)
             return
+        load = {"model": model, "bad_model": bad_model, "device": device, "dtype": dtype, "compile": compile_model}
+        text = {"prompt": prompt, "negative_prompt": negative_prompt}
         if manifest is not None:
+            if prompt is not None or negative_prompt is not None:
+                raise CliError("with --manifest give prompts per row (column 'prompt'), not --prompt")
             _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration,
-                          model, bad_model, device, dtype, spectrogram, batch_size, fail_on_error, quiet)  # fmt: skip
+                          load, spectrogram, batch_size, fail_on_error, quiet)  # fmt: skip
             return
         if out_dir is not None:
             raise CliError("--out-dir goes with --manifest; for videos on the command line use --out")
         if not videos:
             raise CliError("no input video given (see v2a-sample --help)")
-        _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, model, bad_model, device, dtype,
-             spectrogram, quiet)  # fmt: skip
+        _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, load, text, spectrogram, quiet)
     except CliError as e:
         err.print(f"error: {e}", markup=False)
         raise typer.Exit(e.code) from None
@@ -236,16 +264,56 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, model, bad_model, device, dtype,
-         spectrogram, quiet) -> None:  # fmt: skip
+def _load_pipeline(model: str | None, bad_model: str | None, device: str, dtype: str, compile: bool,
+                   rank_device: int | None = None):  # fmt: skip
+    """The pipeline for ``--model`` / ``--bad-model`` (``mmaudio:VARIANT`` loads the official MMAudio files)."""
     import torch
 
-    from . import solvers
-    from .pipeline import Pipeline
+    from .pipeline import MMAUDIO_REPO, Pipeline
 
-    solvers.solver_name(solver)  # validate before any work
     if dtype not in ("float32", "float16", "bfloat16"):
         raise CliError(f"unknown dtype {dtype!r}; expected float32, float16 or bfloat16")
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise CliError(f"unknown device {device!r}") from None
+    if torch_device.type == "cuda" and torch_device.index is None and rank_device is not None:
+        torch_device = torch.device("cuda", rank_device)  # one GPU per rank
+    torch_dtype = getattr(torch, dtype)
+    mm = model is not None and model.startswith(MMAUDIO_PREFIX)
+    mm_bad = bad_model is not None and bad_model.startswith(MMAUDIO_PREFIX)
+    if mm_bad and not mm:
+        raise CliError("--bad-model mmaudio:VARIANT needs an MMAudio --model (mmaudio:VARIANT)")
+    if mm and bad_model is not None and not mm_bad and bad_model.lower() != "none":
+        raise CliError("with an MMAudio --model the bad model is mmaudio:VARIANT")
+    try:
+        if mm:
+            bad_variant = bad_model.removeprefix(MMAUDIO_PREFIX) if mm_bad else None
+            variant = model.removeprefix(MMAUDIO_PREFIX)
+            pipe = Pipeline.from_pretrained(
+                MMAUDIO_REPO, variant=variant, bad_variant=bad_variant, device=torch_device, dtype=torch_dtype
+            )
+        else:
+            bad_arg: str | bool | None = False if (bad_model or "").lower() == "none" else bad_model
+            pipe = Pipeline.from_pretrained(model, bad=bad_arg, device=torch_device, dtype=torch_dtype)
+            pipe.model.to(torch_dtype)
+            if pipe.bad is not None:
+                pipe.bad.to(torch_dtype)
+    except (ValueError, RuntimeError) as e:
+        raise CliError(f"cannot load model {model or '(embedded)'}: {_first_line(e)}", EXIT_RUNTIME) from None
+    except Exception as e:  # corrupt weights surface as library-specific errors
+        raise CliError(f"cannot load model {model or '(embedded)'}: {type(e).__name__}: {_first_line(e)}",
+                       EXIT_RUNTIME) from None  # fmt: skip
+    if compile:
+        pipe.compile()
+    return pipe
+
+
+def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, load, text, spectrogram,
+         quiet) -> None:  # fmt: skip
+    from . import solvers
+
+    solvers.solver_name(solver)  # validate before any work
     if duration is not None and not duration > 0:
         raise CliError(f"--duration must be positive, got {duration}")
     inputs = expand_inputs(videos)
@@ -257,23 +325,13 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, mod
         else:
             pngs = [spectrogram]
     _check_overwrite(plans, pngs, overwrite)
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError:
-        raise CliError(f"unknown device {device!r}") from None
-    bad_arg: str | bool | None = False if (bad_model or "").lower() == "none" else bad_model
     t_load = time.perf_counter()
-    try:
-        pipe = Pipeline.from_pretrained(model, bad=bad_arg, device=torch_device, dtype=getattr(torch, dtype))
-    except (ValueError, RuntimeError) as e:
-        raise CliError(f"cannot load model {model or '(embedded)'}: {_first_line(e)}", EXIT_RUNTIME) from None
-    except Exception as e:  # corrupt weights surface as library-specific errors
-        raise CliError(f"cannot load model {model or '(embedded)'}: {type(e).__name__}: {_first_line(e)}",
-                       EXIT_RUNTIME) from None  # fmt: skip
-    pipe.model.to(getattr(torch, dtype))
-    if pipe.bad is not None:
-        pipe.bad.to(getattr(torch, dtype))
-    g = G.resolve(g, pipe.model, pipe.bad)
+    pipe = _load_pipeline(**load)
+    text = {k: v for k, v in text.items() if v is not None}
+    if text and "prompt" not in inspect.signature(pipe.__call__).parameters:
+        raise CliError(f"model {load['model'] or '(embedded)'} has no text condition: --prompt/--negative-prompt "
+                       "need one (e.g. --model mmaudio:large_44k_v2)")  # fmt: skip
+    g = G.resolve(g or getattr(pipe, "default_guidance", DEFAULT_GUIDANCE), pipe.model, pipe.bad)
     load_s = time.perf_counter() - t_load
     nfe = pipe.nfe(g, solver, steps)
     stages = nfe // g.nfe_per_step
@@ -294,7 +352,8 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, mod
             def tick(_info, task=task):
                 progress.advance(task)
 
-            audio = pipe(src, guidance=g, solver=solver, steps=steps, seed=seed + i, duration=duration, callback=tick)
+            audio = pipe(src, guidance=g, solver=solver, steps=steps, seed=seed + i, duration=duration, callback=tick,
+                         **text)  # fmt: skip
             wav.parent.mkdir(parents=True, exist_ok=True)
             audio.save(wav, overwrite=overwrite)
             written = [wav]
@@ -313,13 +372,11 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, mod
                       markup=False, soft_wrap=True)  # fmt: skip
 
 
-def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration, model,
-                  bad_model, device, dtype, spectrogram, batch_size, fail_on_error, quiet) -> None:  # fmt: skip
+def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration, load,
+                  spectrogram, batch_size, fail_on_error, quiet) -> None:  # fmt: skip
     """``--manifest``: data-set scale generation (:mod:`v2a_sampler.datagen`), one process per torchrun rank."""
-    import torch
 
     from . import datagen, solvers
-    from .pipeline import Pipeline
 
     if videos:
         raise CliError("give input videos or --manifest, not both")
@@ -330,29 +387,14 @@ def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, m
     if spectrogram is not None:
         raise CliError("--spectrogram is not available with --manifest")
     solvers.solver_name(solver)
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise CliError(f"unknown dtype {dtype!r}; expected float32, float16 or bfloat16")
+    if load["dtype"] not in ("float32", "float16", "bfloat16"):
+        raise CliError(f"unknown dtype {load['dtype']!r}; expected float32, float16 or bfloat16")
     if duration is not None and not duration > 0:
         raise CliError(f"--duration must be positive, got {duration}")
     rows = datagen.read_manifest(manifest)  # before loading anything: a bad manifest fails fast
     info = datagen.dist_info()
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError:
-        raise CliError(f"unknown device {device!r}") from None
-    if torch_device.type == "cuda" and torch_device.index is None and info.world_size > 1:
-        torch_device = torch.device("cuda", info.local_rank)  # one GPU per rank
-    bad_arg: str | bool | None = False if (bad_model or "").lower() == "none" else bad_model
-    try:
-        pipe = Pipeline.from_pretrained(model, bad=bad_arg, device=torch_device, dtype=getattr(torch, dtype))
-    except (ValueError, RuntimeError) as e:
-        raise CliError(f"cannot load model {model or '(embedded)'}: {_first_line(e)}", EXIT_RUNTIME) from None
-    except Exception as e:  # corrupt weights surface as library-specific errors
-        raise CliError(f"cannot load model {model or '(embedded)'}: {type(e).__name__}: {_first_line(e)}",
-                       EXIT_RUNTIME) from None  # fmt: skip
-    pipe.model.to(getattr(torch, dtype))
-    if pipe.bad is not None:
-        pipe.bad.to(getattr(torch, dtype))
+    pipe = _load_pipeline(**load, rank_device=info.local_rank if info.world_size > 1 else None)
+    g = g or getattr(pipe, "default_guidance", DEFAULT_GUIDANCE)
     summary = datagen.run_manifest(rows, out_dir, pipe, guidance=g, solver=solver, steps=steps, seed=seed,
                                    duration=duration, batch_size=batch_size, mux=mux, overwrite=overwrite,
                                    progress=False if quiet else None,

@@ -412,10 +412,13 @@ def _clean_temp_files(folder: Path, targets: set[str], keep: set[str] | None = N
 
 def _supports_text(pipeline: Any) -> bool:
     model = getattr(pipeline, "model", None)
-    if "text" not in tuple(getattr(model, "condition_names", ())):
-        return False
+    return "text" in tuple(getattr(model, "condition_names", ())) and _accepts(pipeline, "prompt")
+
+
+def _accepts(pipeline: Any, argument: str) -> bool:
+    """Whether the pipeline's ``__call__`` takes ``argument``."""
     try:
-        return "prompt" in inspect.signature(pipeline.__call__).parameters
+        return argument in inspect.signature(pipeline.__call__).parameters
     except (TypeError, ValueError):
         return False
 
@@ -490,7 +493,7 @@ class _Runner:
         except Exception as e:  # one bad video must not stop the run
             self.fail(row, seed, e, time.perf_counter() - t0)
             return
-        key = (round(dur, 6), frames.shape[0], row.prompt if self.text else None)
+        key = (round(dur, 6), len(frames), row.prompt if self.text else None)
         bucket = self.buckets.setdefault(key, [])
         bucket.append(_Pending(row, seed, frames, dur, time.perf_counter() - t0))
         if len(bucket) >= self.batch_size:
@@ -647,7 +650,9 @@ def _run(man, out_dir, pipe, info, device, tag, guidance, solver, steps, seed, d
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     show = progress if progress is not None else (info.rank == 0 and sys.stderr.isatty())
-    gen_kwargs = dict(guidance=g, solver=solver, steps=steps, griffin_lim_iters=gl_iters)
+    gen_kwargs = dict(guidance=g, solver=solver, steps=steps)
+    if _accepts(pipe, "griffin_lim_iters"):  # pipelines with a neural vocoder (MMAudio) have no Griffin-Lim
+        gen_kwargs["griffin_lim_iters"] = gl_iters
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=not show, transient=True) as bar:  # fmt: skip
         pending = [r for r in mine if overwrite or not all((out_dir / n).is_file() for n in output_names(r, mux))]

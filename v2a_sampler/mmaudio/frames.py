@@ -55,6 +55,10 @@ class MMAudioFrames:
     clip_indices: tuple[int, ...]  # decoded-frame index of each CLIP frame
     sync_indices: tuple[int, ...]  # decoded-frame index of each Synchformer frame
 
+    def __len__(self) -> int:
+        """Number of Synchformer (25 fps) frames."""
+        return self.sync.shape[0]
+
     def sequence_lengths(self, sampling_rate: int = 44100, spectrogram_frame_rate: int = 512) -> dict[str, int]:
         """``{"latent", "clip", "sync"}`` lengths of the network's inputs for this clip's duration."""
         return sequence_lengths(self.duration, sampling_rate, spectrogram_frame_rate)

@@ -32,7 +32,7 @@ DEFAULT_GUIDANCE = "cfg(4.5)"
 DEFAULT_SOLVER = "euler"
 DEFAULT_STEPS = 25
 
-VideoInput = str | os.PathLike | None
+VideoInput = str | os.PathLike | MMAudioFrames | None
 Prompt = str | Sequence[str] | None
 
 
@@ -67,6 +67,15 @@ class MMAudioPipeline:
         self.features = features.to(self.device, self.dtype).eval() if features is not None else None
         self.name = name
         self.sample_rate = decoder.sampling_rate
+        self.default_guidance = DEFAULT_GUIDANCE
+        self._compiled: tuple[Any, Any] | None = None  # torch.compile wrappers used for sampling (see compile())
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> MMAudioPipeline:
+        """Sample through ``torch.compile``-d networks (static shapes; each new clip length compiles once)."""
+        opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
+        bad = torch.compile(self.bad, **opts) if self.bad is not None else None
+        self._compiled = (torch.compile(self.model, **opts), bad)
+        return self
 
     # -- loading -------------------------------------------------------------------------------------------------
     @classmethod
@@ -99,6 +108,11 @@ class MMAudioPipeline:
         return cls(network, decoder, features, bad, device=device, dtype=dt, name=name)
 
     # -- generation ----------------------------------------------------------------------------------------------
+    def load_video(self, path: str | os.PathLike, duration: float | None = None) -> tuple[MMAudioFrames, float]:
+        """The frames of the first ``duration`` seconds (default 8) and the duration they cover (official rule)."""
+        frames = read_video(path, DEFAULT_DURATION if duration is None else duration)
+        return frames, frames.duration
+
     def __call__(
         self,
         video: VideoInput | Sequence[VideoInput] = None,
@@ -108,18 +122,18 @@ class MMAudioPipeline:
         solver: str = DEFAULT_SOLVER,
         steps: int = DEFAULT_STEPS,
         seed: int | Sequence[int] = 0,
-        duration: float = DEFAULT_DURATION,
+        duration: float | None = DEFAULT_DURATION,
         callback: Callable[[dict[str, Any]], None] | None = None,
         **sample_kwargs: Any,
     ) -> GeneratedAudio | list[GeneratedAudio]:
-        """Soundtracks for a video path (or ``None`` for text-only), or a list of them.
+        """Soundtracks for a video path (or frames from :meth:`load_video`, or ``None`` for text-only), or a list.
 
         ``prompt`` / ``negative_prompt``: one string for all items or one per item. ``duration`` (seconds, default
         8) is cut to the video's length as the official reader does. Item ``i`` uses seed ``seed + i`` (or
         ``seed[i]``), so a batch equals its items generated one by one. ``guidance`` is any spec of
         :func:`v2a_sampler.guidance.parse` (AG/HG-type guidance needs the bad model).
         """
-        single = video is None or isinstance(video, str | os.PathLike)
+        single = video is None or isinstance(video, str | os.PathLike | MMAudioFrames)
         items = [video] if single else list(video)
         if not items:
             raise ValueError("no video given (pass None for text-only generation)")
@@ -128,10 +142,11 @@ class MMAudioPipeline:
         seeds = [seed + i for i in range(n)] if isinstance(seed, int) else [int(s) for s in seed]
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds given for {n} items")
+        duration = DEFAULT_DURATION if duration is None else duration
         if not (math.isfinite(duration) and duration > 0):
             raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
         g = G.resolve(guidance, self.model, self.bad)
-        frames = [read_video(v, duration) if v is not None else None for v in items]
+        frames = [v if isinstance(v, MMAudioFrames) or v is None else read_video(v, duration) for v in items]
         groups: dict[tuple[bool, float], list[int]] = {}
         for i, f in enumerate(frames):
             groups.setdefault((f is None, duration if f is None else f.duration), []).append(i)
@@ -142,7 +157,7 @@ class MMAudioPipeline:
                 [seeds[i] for i in idx], g, solver, steps, callback, sample_kwargs,
             )  # fmt: skip
             for i, out in zip(idx, outs, strict=True):
-                out.source = None if items[i] is None else str(items[i])
+                out.source = str(items[i]) if isinstance(items[i], str | os.PathLike) else None
                 results[i] = out
         return results[0] if single else results  # type: ignore[return-value]
 
@@ -153,9 +168,10 @@ class MMAudioPipeline:
             [torch.randn(n_latent, self.model.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
         ).to(self.device, self.dtype)
         gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]  # per-row SDE noise
+        model, bad = self._compiled or (self.model, self.bad)
         with torch.no_grad():
             z, info = solvers.sample(
-                self.model, noise, cond, guidance=g, bad=self.bad if g.needs_bad_model else None, solver=solver,
+                model, noise, cond, guidance=g, bad=bad if g.needs_bad_model else None, solver=solver,
                 steps=steps, generator=gens, callback=callback, negative=negative, **sample_kwargs,
             )  # fmt: skip
             if not torch.isfinite(z).all():
@@ -192,9 +208,16 @@ class MMAudioPipeline:
             )
         return cond, negative
 
-    def nfe(self, guidance: str | G.Guidance | None = DEFAULT_GUIDANCE, steps: int = DEFAULT_STEPS) -> int:
-        """Network evaluations per clip for a guidance with Euler at ``steps``."""
-        return G.resolve(guidance, self.model, self.bad).nfe_per_step * steps
+    def nfe(
+        self,
+        guidance: str | G.Guidance | None = DEFAULT_GUIDANCE,
+        solver: str = DEFAULT_SOLVER,
+        steps: int = DEFAULT_STEPS,
+    ) -> int:
+        """Network evaluations per clip for a guidance/solver/steps choice."""
+        g = G.resolve(guidance, self.model, self.bad)
+        ts = solvers.get_timesteps(self.model.schedule, steps)
+        return g.nfe_per_step * solvers.stages_per_sample(solver, ts.tolist(), self.model.schedule)
 
     def __repr__(self) -> str:
         bad = f", bad={self.bad.arch_kwargs.get('variant')}" if self.bad is not None else ""
