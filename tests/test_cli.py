@@ -147,10 +147,11 @@ def test_mmaudio_model_spec_prompts_and_errors(env, tmp_path, monkeypatch):
     from test_mmaudio_pipeline import tiny_mmaudio_pipeline
 
     video = str(env["root"] / "one.mp4")
-    one_error_line(cli(video, "--model", env["model"], "--prompt", "rain", *FAST), 2, "has no text condition")
-    one_error_line(cli(video, "--bad-model", "mmaudio:small_44k", *FAST), 2, "needs an MMAudio --model")
+    o = ["--out", str(tmp_path / "o.wav")]
+    one_error_line(cli(video, "--model", env["model"], "--prompt", "rain", *o, *FAST), 2, "has no text condition")
+    one_error_line(cli(video, "--bad-model", "mmaudio:small_44k", *o, *FAST), 2, "needs an MMAudio --model")
     offline = subprocess.run(
-        [sys.executable, "-m", "v2a_sampler.cli", video, "--model", "mmaudio:small_16k", *FAST],
+        [sys.executable, "-m", "v2a_sampler.cli", video, "--model", "mmaudio:small_16k", *o, *FAST],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")},
     )  # fmt: skip
