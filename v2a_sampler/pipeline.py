@@ -46,6 +46,12 @@ DEFAULT_STEPS = 25
 VideoInput = str | os.PathLike | torch.Tensor
 
 
+def compile_networks(model: Any, bad: Any, backend: str = "inductor", mode: str | None = None) -> tuple[Any, Any]:
+    """``torch.compile`` wrappers of a good and an optional bad network (whole graphs, static shapes)."""
+    opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
+    return torch.compile(model, **opts), (torch.compile(bad, **opts) if bad is not None else None)
+
+
 def embedded_model_path() -> Path:
     """Folder of the model shipped inside the package."""
     return Path(str(resources.files("v2a_sampler") / "assets" / "v2a_default"))
@@ -115,9 +121,7 @@ class Pipeline:
 
         The networks trace without graph breaks (``fullgraph=True``). Returns ``self``.
         """
-        opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
-        bad = torch.compile(self.bad, **opts) if self.bad is not None else None
-        self._compiled = (torch.compile(self.model, **opts), bad)
+        self._compiled = compile_networks(self.model, self.bad, backend, mode)
         return self
 
     # -- loading and saving --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 
 from .. import guidance as G
 from .. import solvers
-from ..pipeline import GeneratedAudio
+from ..pipeline import GeneratedAudio, compile_networks
 from . import hub
 from .clip import DFN5B_HUB_ID
 from .features import MMAudioFeatures
@@ -72,9 +72,7 @@ class MMAudioPipeline:
 
     def compile(self, backend: str = "inductor", mode: str | None = None) -> MMAudioPipeline:
         """Sample through ``torch.compile``-d networks (static shapes; each new clip length compiles once)."""
-        opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
-        bad = torch.compile(self.bad, **opts) if self.bad is not None else None
-        self._compiled = (torch.compile(self.model, **opts), bad)
+        self._compiled = compile_networks(self.model, self.bad, backend, mode)
         return self
 
     # -- loading -------------------------------------------------------------------------------------------------
