@@ -346,3 +346,25 @@ def test_prepared_conditions_equal_raw_and_are_checked():
         assert torch.equal(m(x, t, null), m(x, t, None))
     with pytest.raises(ValueError, match="do not fit the prepared conditions"):
         m(x[:, :-1], t, prepared)
+
+
+def test_video_group_drops_clip_and_sync_together():
+    """``video`` names clip + sync: cfg(w, drop=video) and multi_cfg(video=..., text=...) on the real conditions."""
+    from v2a_sampler import guidance as G
+    from v2a_sampler import solvers
+
+    m = _tiny()
+    x, _, cond = _inputs(m, 2.0)
+    ts = [0.0, 0.5]
+    with torch.no_grad():
+        out, info = solvers.sample(m, x, cond, guidance="multi_cfg(video=3,text=2)", timesteps=ts)
+        t = torch.zeros(x.shape[0])
+        full, no_text = m(x, t, cond), m(x, t, m.drop(cond, ["text"]))
+        neither = m(x, t, m.drop(cond, ["clip", "sync", "text"]))
+        v = neither + 3 * (no_text - neither) + 2 * (full - no_text)  # chain: video, then text
+        assert torch.allclose(out, x + 0.5 * v, rtol=1e-4, atol=1e-4) and info.nfe == 3
+        video_only, _ = solvers.sample(m, x, cond, guidance="cfg(4.5,drop=video)", timesteps=ts)
+        no_video = m(x, t, m.drop(cond, ["clip", "sync"]))
+        assert torch.allclose(video_only, x + 0.5 * (no_video + 4.5 * (full - no_video)), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"unknown condition\(s\) \['audio'\].*video \(= clip\+sync\)"):
+        solvers.sample(m, x, cond, guidance=G.cfg(2, drop="audio"), steps=1)

@@ -343,6 +343,8 @@ class Denoiser(Protocol):
         prediction: what :meth:`__call__` returns.
         schedule: the noise schedule and time convention of ``t``.
         condition_names: the named conditions the model accepts (may be empty).
+        condition_groups: optional ``{group: condition names}`` a guidance may drop by one name (MMAudio:
+            ``{"video": ("clip", "sync")}``), read with ``getattr`` by the engine.
         amg_weight: the AMG training weight ``w`` if the model was trained with MGAudio's AMG objective, else None.
     """
 

@@ -108,7 +108,7 @@ class GuidedDenoiser:
         out: dict[tuple[str, frozenset[str]], float] = {}
         for b, c in self.guidance.branch_coefficients(level).items():
             net, _ = self._role(b.role)
-            key = (b.role, b.dropped(net.condition_names))
+            key = (b.role, b.dropped(net.condition_names, getattr(net, "condition_groups", None)))
             out[key] = out.get(key, 0.0) + c
         return {k: c for k, c in out.items() if abs(c) > ZERO_TOL}
 

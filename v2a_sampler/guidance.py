@@ -114,16 +114,19 @@ class Branch:
             return f"{self.role}:null"
         return f"{self.role}:null[{','.join(self.drop)}]"
 
-    def dropped(self, names: Collection[str]) -> frozenset[str]:
-        """The concrete set of condition names this branch drops for a model with ``names``."""
+    def dropped(self, names: Collection[str], groups: Mapping[str, Collection[str]] | None = None) -> frozenset[str]:
+        """The concrete set of condition names this branch drops for a model with ``names``; ``groups`` maps a
+        model's group names to their conditions (MMAudio: ``"video"`` = ``clip`` + ``sync``)."""
         if self.drop == (ALL,):
             return normalize_drop(ALL, names)
-        unknown = set(self.drop) - set(names)
+        groups = groups or {}
+        unknown = set(self.drop) - set(names) - set(groups)
         if unknown:
+            known = tuple(names) + tuple(f"{g} (= {'+'.join(groups[g])})" for g in groups)
             raise ValueError(
-                f"branch {self.key} drops unknown condition(s) {sorted(unknown)}; model conditions: {tuple(names)}"
+                f"branch {self.key} drops unknown condition(s) {sorted(unknown)}; model conditions: {known}"
             )
-        return frozenset(self.drop)
+        return frozenset(c for n in self.drop for c in (groups[n] if n in groups else (n,)))
 
     def __str__(self) -> str:
         return self.key

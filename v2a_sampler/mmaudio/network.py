@@ -357,6 +357,7 @@ class MMAudio(DenoiserModule):
         }
         self.set_protocol(prediction=Prediction.VELOCITY, schedule=FlowSchedule(0.0))
         self.condition_names = CONDITIONS
+        self.condition_groups = {"video": VIDEO}  # drop=video / multi_cfg(video=...) drop clip and sync together
         self.latent_dim, self.hidden_dim, self.num_heads, self.v2 = latent_dim, hidden_dim, num_heads, v2
         self.text_seq_len = text_seq_len
         d = hidden_dim
