@@ -131,8 +131,11 @@ def main() -> None:
         base = times.get("official cfg")
         for name, sec in times.items():
             rel = sec / base if base else float("nan")
-            rows.append({"batch": batch, "run": name, "seconds_per_batch": sec, "seconds_per_clip": sec / batch,
-                         "vs_official_cfg": rel})  # fmt: skip
+            setting = {"device": str(device), "dtype": args.dtype, "variant": args.variant,
+                       "bad_variant": args.bad_variant, "reduced": args.reduced, "duration": args.duration,
+                       "steps": args.steps, "threads": torch.get_num_threads()}  # fmt: skip
+            rows.append({**setting, "batch": batch, "run": name, "seconds_per_batch": sec,
+                         "seconds_per_clip": sec / batch, "vs_official_cfg": rel})  # fmt: skip
             print(f"  batch {batch:>2}  {name:<13} {sec:8.3f} s/batch  {sec / batch:8.3f} s/clip  {rel:5.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "mmaudio_speed.csv", "w", newline="") as f:

@@ -47,8 +47,11 @@ class Timed(torch.nn.Module):
         super().__init__()
         self.inner = inner
         self.seconds = 0.0
-        for k in ("prediction", "schedule", "condition_names", "amg_weight"):
+        for k in ("prediction", "schedule", "condition_names", "condition_groups", "amg_weight"):
             setattr(self, k, getattr(inner, k, None))
+
+    def prepare_conditions(self, cond, x):  # once per sample, outside the timed forwards (as the engine does)
+        return self.inner.prepare_conditions(cond, x)
 
     def drop(self, cond, names):
         return self.inner.drop(cond, names)

@@ -170,7 +170,10 @@ def main(
     mux: Annotated[bool, typer.Option("--mux", help="Also write <name>_v2a.mp4 with the new soundtrack.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     duration: Annotated[
-        float | None, typer.Option(help="Seconds from the start to score (default: whole video).")
+        float | None,
+        typer.Option(
+            help="Seconds from the start to generate (default: the whole video; MMAudio: 8 s, cut to the video)."
+        ),
     ] = None,
     model: Annotated[
         str | None,

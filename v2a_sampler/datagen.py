@@ -563,7 +563,7 @@ def run_manifest(
     out_dir: str | os.PathLike,
     pipeline: Any,
     *,
-    guidance: str | G.Guidance | None = "hg",
+    guidance: str | G.Guidance | None = None,
     solver: str = "euler",
     steps: int = 25,
     seed: int = 0,
@@ -578,9 +578,11 @@ def run_manifest(
 ) -> dict[str, Any]:
     """Generate every row of a manifest into ``out_dir``, skipping finished rows; returns the run summary.
 
-    ``pipeline`` is a :class:`~v2a_sampler.pipeline.Pipeline` (one per process). Under ``torchrun`` each rank
-    generates its shard and rank 0 returns (and writes to ``out_dir/summary.json``) the summary of all ranks; other
-    ranks return their own part. ``duration`` is the default for rows without one (``None``: whole video).
+    ``pipeline`` is a :class:`~v2a_sampler.pipeline.Pipeline` or an MMAudio pipeline (one per process); ``guidance``
+    defaults to the pipeline's own default (``hg`` for the embedded model, ``cfg(4.5)`` for MMAudio). Under
+    ``torchrun`` each rank generates its shard and rank 0 returns (and writes to ``out_dir/summary.json``) the
+    summary of all ranks; other ranks return their own part. ``duration`` is the default for rows without one
+    (``None``: the pipeline's default, the whole video for the embedded model and 8 s cut to the video for MMAudio).
     ``on_row`` is called with each ``done``/``failed`` record after it is logged; ``warn`` receives warnings
     (default: stderr). ``progress`` shows a progress bar (default: on rank 0 when stderr is a terminal).
     """
@@ -615,6 +617,8 @@ def _run(man, out_dir, pipe, info, device, tag, guidance, solver, steps, seed, d
          gl_iters, progress, on_row, warn) -> dict[str, Any]:  # fmt: skip
     started, t_start = _now(), time.perf_counter()
     unique, duplicates = plan_rows(man.rows, man.path)
+    if guidance is None:
+        guidance = getattr(pipe, "default_guidance", "hg")
     g = G.resolve(guidance, pipe.model, pipe.bad)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = out_dir / STATE_DIR

@@ -33,8 +33,10 @@ class GuidedDenoiser:
         batch_branches: evaluate all branches of one model in a single forward (conditions concatenated along the
             batch) when the model can stack its conditions (``batch_conditions``); NFE counts are unchanged.
         stack_models: evaluate the good and the bad model in one vectorised pass over stacked weights
-            (``torch.func.functional_call`` + ``vmap``) when they share an architecture and need the same number of
-            branches. Off by default: on CPU it measured slower than two forwards (benchmarks/speed.py).
+            (``torch.func.functional_call`` + ``vmap``); the models must share an architecture (else ``ValueError``).
+            Stages where the two need different numbers of branches, or whose conditions do not stack, fall back to
+            separate forwards. Off by default: on CPU it measured slower than two forwards on the embedded model
+            (benchmarks/speed.py).
         negative: values that replace the model's null for the named conditions wherever a branch drops them
             (a negative text prompt: ``{"text": features}``); conditions not named keep the model's null.
         bad_negative: the same for the bad model (default: ``negative`` when the models share ``cond``).

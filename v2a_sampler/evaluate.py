@@ -5,7 +5,8 @@
 
 **Generated clips**: with a ``summary.json`` of a ``--manifest`` run (:mod:`v2a_sampler.datagen`), its finished rows
 (each knows its source video and seed; rows of one video with different seeds are *samples* of one clip); else every
-``.wav`` in the folder, matched to references by file stem (a ``-<8 hex>`` name suffix is ignored).
+audio file (``.wav``, ``.flac``, ``.ogg``) in the folder, matched to references by file stem (a ``-<8 hex>`` name
+suffix is ignored).
 
 **References**: the synthetic world's event sidecars (``clip.events.json`` beside ``clip.mp4``, found next to the
 source video or in a ``--reference`` folder) give onset and class ground truth; audio files (``.wav``, ``.flac``,

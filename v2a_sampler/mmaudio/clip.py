@@ -61,8 +61,8 @@ class ClipFeatures(nn.Module):
     """MMAudio's CLIP image and text features from an ``open_clip`` CLIP model and tokenizer.
 
     ``model`` needs ``encode_image`` and the text tower's modules (``token_embedding``, ``positional_embedding``,
-    ``transformer``, ``attn_mask``, ``ln_final``), as open_clip's ``CLIP`` has; ``tokenizer`` maps a list of
-    prompts to token ids ``[B, context_length]``. Use :meth:`from_pretrained` for MMAudio's model.
+    ``transformer``, ``ln_final`` and optionally ``attn_mask``), as open_clip's ``CLIP`` has; ``tokenizer`` maps a
+    list of prompts to token ids ``[B, context_length]``. Use :meth:`from_pretrained` for MMAudio's model.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer) -> None:
