@@ -322,3 +322,5 @@ def test_manifest_rows_with_prompts_on_an_mmaudio_pipeline(env, tmp_path):
         alone = pipe(v / f"{name}.mp4", prompt=prompt, seed=r["seed"], guidance="cfg(3)", steps=2)
         assert audio.shape[0] == round(16000 * read_video(v / f"{name}.mp4").duration) == alone.waveform.shape[0]
         assert np.abs(audio - alone.waveform.clamp(-1, 1).numpy()).max() < 1e-3
+    default = datagen.run_manifest(write(v / "mm1.csv", "video\na.mp4\n"), tmp_path / "out1", pipe, steps=1)
+    assert default["config"]["guidance"] == "cfg(4.5)" and default["rows"][0]["nfe"] == 2  # MMAudio's own default
