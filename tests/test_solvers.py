@@ -365,6 +365,14 @@ def test_negative_conditions_replace_only_the_dropped_nulls():
     assert sorted(map(str, seen)) == sorted(
         map(str, [{"video": 1.0, "text": 2.0}, {"video": 1.0, "text": -3.0}, {"video": None, "text": -3.0}])
     )
+    # a condition group drops its members as one
+    grouped = D.from_fn(fn, "velocity", 1.0, condition_names=("video", "text"), nulls=nulls,
+                        condition_groups={"all_of_it": ("video", "text")})  # fmt: skip
+    seen.clear()
+    solvers.sample(grouped, x, cond, guidance="cfg(2,drop=all_of_it)", timesteps=[1.0, 0.5], batch_branches=False)
+    assert sorted(map(str, seen)) == sorted(map(str, [{"video": 1.0, "text": 2.0}, {"video": None, "text": None}]))
+    with pytest.raises(ValueError, match="condition group 'text' must be a new name"):
+        D.from_fn(fn, "velocity", 1.0, condition_names=("video", "text"), condition_groups={"text": ("video",)})
     with pytest.raises(ValueError, match=r"negative condition\(s\) \['audio'\] unknown"):
         solvers.sample(good, x, cond, guidance="cfg(2)", steps=2, negative={"audio": torch.zeros(2)})
 

@@ -368,7 +368,8 @@ class FnDenoiser:
     Dropping conditions follows ``nulls``: for each condition name, either a value (tensor, string, ...) that
     replaces it, or a callable ``null(value) -> value``. Conditions without an entry are removed from the mapping
     (the callable sees the key mapped to ``None``). When every condition is dropped and no nulls are defined, the
-    callable receives ``cond=None``.
+    callable receives ``cond=None``. ``condition_groups`` (``{group: names}``) lets guidance drop several
+    conditions by one name.
     """
 
     def __init__(
@@ -380,6 +381,7 @@ class FnDenoiser:
         nulls: Mapping[str, Any] | None = None,
         amg_weight: float | None = None,
         name: str | None = None,
+        condition_groups: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.fn = fn
         self.prediction = Prediction.parse(prediction)
@@ -389,6 +391,10 @@ class FnDenoiser:
         unknown = set(self.nulls) - set(self.condition_names)
         if unknown:
             raise ValueError(f"nulls given for unknown conditions {sorted(unknown)}; known: {self.condition_names}")
+        self.condition_groups = {g: tuple(ns) for g, ns in (condition_groups or {}).items()}
+        for g, ns in self.condition_groups.items():
+            if g in self.condition_names or not ns or set(ns) - set(self.condition_names):
+                raise ValueError(f"condition group {g!r} must be a new name for some of {self.condition_names}")
         self.amg_weight = amg_weight
         self.name = name or getattr(fn, "__name__", "fn")
 
@@ -458,6 +464,7 @@ def from_fn(
     nulls: Mapping[str, Any] | None = None,
     amg_weight: float | None = None,
     name: str | None = None,
+    condition_groups: Mapping[str, Collection[str]] | None = None,
 ) -> FnDenoiser:
     """Wrap a plain callable ``fn(x, t, cond)`` as a :class:`Denoiser`.
 
@@ -476,6 +483,7 @@ def from_fn(
         nulls=nulls,
         amg_weight=amg_weight,
         name=name,
+        condition_groups=condition_groups,
     )
 
 
