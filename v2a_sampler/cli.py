@@ -10,7 +10,6 @@ written atomically and existing files are never replaced without ``--overwrite``
 from __future__ import annotations
 
 import glob
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ EXIT_USAGE = 2  # bad arguments or inputs
 EXIT_RUNTIME = 1  # the run itself failed (model, numerics)
 #: Guidance of the embedded model when --guidance is not given (MMAudio pipelines use their own default).
 DEFAULT_GUIDANCE = "hg"
+#: Values of --dtype.
+DTYPES = ("float32", "float16", "bfloat16")
 #: ``--model`` prefix selecting an official MMAudio variant.
 MMAUDIO_PREFIX = "mmaudio:"
 MUX_SUFFIX = "_v2a"  # video.mp4 -> video_v2a.mp4
@@ -267,6 +268,11 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise CliError(f"unknown dtype {dtype!r}; expected {', '.join(DTYPES[:-1])} or {DTYPES[-1]}")
+
+
 def _load_pipeline(model: str | None, bad_model: str | None, device: str, dtype: str, compile: bool,
                    rank_device: int | None = None):  # fmt: skip
     """The pipeline for ``--model`` / ``--bad-model`` (``mmaudio:VARIANT`` loads the official MMAudio files)."""
@@ -274,8 +280,7 @@ def _load_pipeline(model: str | None, bad_model: str | None, device: str, dtype:
 
     from .pipeline import MMAUDIO_REPO, Pipeline
 
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise CliError(f"unknown dtype {dtype!r}; expected float32, float16 or bfloat16")
+    _check_dtype(dtype)
     try:
         torch_device = torch.device(device)
     except RuntimeError:
@@ -315,6 +320,7 @@ def _load_pipeline(model: str | None, bad_model: str | None, device: str, dtype:
 def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, load, text, spectrogram,
          quiet) -> None:  # fmt: skip
     from . import solvers
+    from .datagen import supports_text
 
     solvers.solver_name(solver)  # validate before any work
     if duration is not None and not duration > 0:
@@ -331,7 +337,7 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, loa
     t_load = time.perf_counter()
     pipe = _load_pipeline(**load)
     text = {k: v for k, v in text.items() if v is not None}
-    if text and "prompt" not in inspect.signature(pipe.__call__).parameters:
+    if text and not supports_text(pipe):
         raise CliError(f"model {load['model'] or '(embedded)'} has no text condition: --prompt/--negative-prompt "
                        "need one (e.g. --model mmaudio:large_44k_v2)")  # fmt: skip
     g = G.resolve(g or getattr(pipe, "default_guidance", DEFAULT_GUIDANCE), pipe.model, pipe.bad)
@@ -390,8 +396,7 @@ def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, m
     if spectrogram is not None:
         raise CliError("--spectrogram is not available with --manifest")
     solvers.solver_name(solver)
-    if load["dtype"] not in ("float32", "float16", "bfloat16"):
-        raise CliError(f"unknown dtype {load['dtype']!r}; expected float32, float16 or bfloat16")
+    _check_dtype(load["dtype"])  # before reading the manifest
     if duration is not None and not duration > 0:
         raise CliError(f"--duration must be positive, got {duration}")
     rows = datagen.read_manifest(manifest)  # before loading anything: a bad manifest fails fast

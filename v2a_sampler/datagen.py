@@ -410,7 +410,8 @@ def _clean_temp_files(folder: Path, targets: set[str], keep: set[str] | None = N
     return removed
 
 
-def _supports_text(pipeline: Any) -> bool:
+def supports_text(pipeline: Any) -> bool:
+    """Whether the pipeline's model has a ``text`` condition and its ``__call__`` takes ``prompt``."""
     model = getattr(pipeline, "model", None)
     return "text" in tuple(getattr(model, "condition_names", ())) and _accepts(pipeline, "prompt")
 
@@ -644,7 +645,7 @@ def _run(man, out_dir, pipe, info, device, tag, guidance, solver, steps, seed, d
     all_names = {n for r in unique for n in output_names(r, mux)} if info.rank == 0 else None
     _clean_temp_files(out_dir, {n for r in mine for n in output_names(r, mux)}, all_names)
     _clean_temp_files(state, {part.name} | ({RUN_CONFIG_NAME} if info.rank == 0 else set()))
-    text = _supports_text(pipe)
+    text = supports_text(pipe)
     user_warn = warn
     warn = (lambda m: user_warn(tag + m)) if tag else user_warn
     if not text and info.rank == 0 and any(r.prompt for r in man.rows):

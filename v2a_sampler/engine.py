@@ -82,6 +82,7 @@ class GuidedDenoiser:
         self.graphs: GraphBackend | None = CudaGraphs() if cuda_graph is True else (cuda_graph or None)
         self._graphed: dict[tuple, _GraphedBranches] = {}
         self._conds: dict[tuple, tuple[bool, Any]] = {}
+        self._stack_conds: dict[tuple, list[Cond] | None] = {}
         self.nfe = 0
         self.nfe_by_role: Counter[str] = Counter()
         self.calls = 0
@@ -207,6 +208,18 @@ class GuidedDenoiser:
         """Both models' branches in one vmapped call over stacked weights, or None if the conditions do not stack."""
         assert self.stack is not None and self.bad is not None
         batch, k = x.shape[0], len(drops[0])
+        key = (tuple(tuple(tuple(sorted(d)) for d in ds) for ds in drops), tuple(x.shape), str(x.device))
+        if key not in self._stack_conds:  # built once per engine, as the per-model conditions are
+            self._stack_conds[key] = self._stacked_conds(batch, drops)
+        conds = self._stack_conds[key]
+        if conds is None:
+            return None
+        xs = x.repeat(k, *([1] * (x.ndim - 1)))
+        out = self.stack(xs, t.repeat(batch * k), conds)
+        return [list(out[i].split(batch, dim=0)) for i in range(2)]
+
+    def _stacked_conds(self, batch: int, drops: list[list[frozenset[str]]]) -> list[Cond] | None:
+        """Both models' stacked branch conditions for the vmapped pass, or None if they do not stack alike."""
         conds = []
         for role, ds in zip(ROLES, drops, strict=True):
             net, cond = self._role(role)
@@ -214,9 +227,7 @@ class GuidedDenoiser:
             if c is NotImplemented or (conds and set(c) != set(conds[0])):
                 return None
             conds.append(c)
-        xs = x.repeat(k, *([1] * (x.ndim - 1)))
-        out = self.stack(xs, t.repeat(batch * k), conds)
-        return [list(out[i].split(batch, dim=0)) for i in range(2)]
+        return conds
 
     def _forward(
         self, net: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Cond | None, drops: list[frozenset[str]]

@@ -46,6 +46,38 @@ DEFAULT_STEPS = 25
 VideoInput = str | os.PathLike | torch.Tensor
 
 
+def item_seeds(seed: int | Sequence[int], n: int, what: str = "items") -> list[int]:
+    """One seed per item: ``seed + i`` for an int, else the given sequence (which must have ``n`` entries)."""
+    if isinstance(seed, int):
+        return [seed + i for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds given for {n} {what}")
+    return seeds
+
+
+def seeded_noise(
+    shape: Sequence[int], seeds: Sequence[int], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Start noise ``[len(seeds), *shape]`` with row ``k`` drawn from ``seeds[k]`` alone (so a batch equals its
+    items one by one), and one generator per row on ``device`` for the SDE noise."""
+    noise = torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return noise.to(device, dtype), [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+def check_finite(z: torch.Tensor) -> None:
+    """Raise :class:`FloatingPointError` if sampling produced NaN/inf values."""
+    if not torch.isfinite(z).all():
+        raise FloatingPointError("sampling produced NaN/inf values (check the guidance weights and dtype)")
+
+
+def nfe_per_clip(model: Any, bad: Any, guidance: str | G.Guidance | None, solver: str, steps: int) -> int:
+    """Network evaluations per clip for a guidance/solver/steps choice on ``model`` (and ``bad``)."""
+    g = G.resolve(guidance, model, bad)
+    ts = solvers.get_timesteps(model.schedule, steps)
+    return g.nfe_per_step * solvers.stages_per_sample(solver, ts.tolist(), model.schedule)
+
+
 def compile_networks(model: Any, bad: Any, backend: str = "inductor", mode: str | None = None) -> tuple[Any, Any]:
     """``torch.compile`` wrappers of a good and an optional bad network (whole graphs, static shapes)."""
     opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
@@ -230,12 +262,7 @@ class Pipeline:
         items = [video] if single else list(video)
         if not items:
             raise ValueError("no video given")
-        if isinstance(seed, int):
-            seeds = [seed + i for i in range(len(items))]
-        else:
-            seeds = [int(s) for s in seed]
-            if len(seeds) != len(items):
-                raise ValueError(f"{len(seeds)} seeds given for {len(items)} videos")
+        seeds = item_seeds(seed, len(items), "videos")
         g = G.resolve(guidance, self.model, self.bad)
         prepared = [self._prepare(v, duration) for v in items]
         results: list[GeneratedAudio | None] = [None] * len(items)
@@ -257,10 +284,7 @@ class Pipeline:
         bad_cond = (
             self.bad.encode_conditions({"video": frames}) if (self.bad is not None and g.needs_bad_model) else None
         )
-        noise = torch.stack(
-            [torch.randn(self.audio_spec.n_mels, n_frames, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        ).to(self.device, self.dtype)
-        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]  # per-row SDE noise
+        noise, gens = seeded_noise((self.audio_spec.n_mels, n_frames), seeds, self.device, self.dtype)
         model, bad = self._compiled or (self.model, self.bad)
         z, info = solvers.sample(
             model,
@@ -275,8 +299,7 @@ class Pipeline:
             callback=callback,
             **sample_kwargs,
         )
-        if not torch.isfinite(z).all():
-            raise FloatingPointError("sampling produced NaN/inf values (check the guidance weights and dtype)")
+        check_finite(z)
         out = []
         for k, (_, item_dur, src) in enumerate(prepared):
             num_samples = int(round(item_dur * self.audio_spec.sample_rate))
@@ -289,9 +312,7 @@ class Pipeline:
 
     def nfe(self, guidance: str | G.Guidance | None = "hg", solver: str = DEFAULT_SOLVER, steps: int = DEFAULT_STEPS):
         """Network evaluations per clip for a guidance/solver/steps choice."""
-        g = G.resolve(guidance, self.model, self.bad)
-        ts = solvers.get_timesteps(self.model.schedule, steps)
-        return g.nfe_per_step * solvers.stages_per_sample(solver, ts.tolist(), self.model.schedule)
+        return nfe_per_clip(self.model, self.bad, guidance, solver, steps)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import _env_flag, save_pretrained
+from ..models.registry import hub_settings, save_pretrained
 from .checkpoints import CheckpointError, load_into, read_state_dict
 from .network import STALE_KEYS, VARIANTS, MMAudio
 
@@ -124,8 +124,7 @@ def download(
     if name not in table:
         raise ValueError(f"unknown MMAudio weight file {name!r}; known: {', '.join(table)}")
     entry = table[name]
-    offline = _env_flag("HF_HUB_OFFLINE") if local_files_only is None else bool(local_files_only)
-    cache = cache_dir if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None
+    cache, offline = hub_settings(cache_dir, local_files_only)
     try:
         got = hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache, local_files_only=offline)
     except Exception as e:  # network errors, missing files, incomplete caches: one clear line

@@ -19,7 +19,7 @@ import torch
 
 from .. import guidance as G
 from .. import solvers
-from ..pipeline import GeneratedAudio, compile_networks
+from ..pipeline import GeneratedAudio, check_finite, compile_networks, item_seeds, nfe_per_clip, seeded_noise
 from . import hub
 from .clip import DFN5B_HUB_ID
 from .features import MMAudioFeatures
@@ -137,9 +137,7 @@ class MMAudioPipeline:
             raise ValueError("no video given (pass None for text-only generation)")
         n = len(items)
         prompts, negatives = _per_item(prompt, n, "prompt"), _per_item(negative_prompt, n, "negative_prompt")
-        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else [int(s) for s in seed]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} items")
+        seeds = item_seeds(seed, n)
         duration = DEFAULT_DURATION if duration is None else duration
         if not (math.isfinite(duration) and duration > 0):
             raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
@@ -162,20 +160,15 @@ class MMAudioPipeline:
     def _generate(self, frames, duration, prompts, negatives, seeds, g, solver, steps, callback, sample_kwargs):
         cond, negative = self._conditions(frames, prompts, negatives)
         n_latent = self.model.sequence_lengths(duration)["latent"]
-        noise = torch.stack(
-            [torch.randn(n_latent, self.model.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        ).to(self.device, self.dtype)
-        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]  # per-row SDE noise
+        noise, gens = seeded_noise((n_latent, self.model.latent_dim), seeds, self.device, self.dtype)
         model, bad = self._compiled or (self.model, self.bad)
         with torch.no_grad():
             z, info = solvers.sample(
                 model, noise, cond, guidance=g, bad=bad if g.needs_bad_model else None, solver=solver,
                 steps=steps, generator=gens, callback=callback, negative=negative, **sample_kwargs,
             )  # fmt: skip
-            if not torch.isfinite(z).all():
-                raise FloatingPointError("sampling produced NaN/inf values (check the guidance weights and dtype)")
-            latents = self.model.unnormalize(z.float() if self.dtype != torch.float32 else z)
-            mel = self.decoder.mel(latents.float())
+            check_finite(z)
+            mel = self.decoder.mel(self.model.unnormalize(z.float()))
             wave = self.decoder.vocode(mel)[..., : round(duration * self.sample_rate)]
         meta = {"nfe": info.nfe, "steps": info.steps, "solver": info.solver, "guidance": info.guidance,
                 "model": self.name}  # fmt: skip
@@ -213,9 +206,7 @@ class MMAudioPipeline:
         steps: int = DEFAULT_STEPS,
     ) -> int:
         """Network evaluations per clip for a guidance/solver/steps choice."""
-        g = G.resolve(guidance, self.model, self.bad)
-        ts = solvers.get_timesteps(self.model.schedule, steps)
-        return g.nfe_per_step * solvers.stages_per_sample(solver, ts.tolist(), self.model.schedule)
+        return nfe_per_clip(self.model, self.bad, guidance, solver, steps)
 
     def __repr__(self) -> str:
         bad = f", bad={self.bad.arch_kwargs.get('variant')}" if self.bad is not None else ""

@@ -165,6 +165,15 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hub_settings(
+    cache_dir: str | os.PathLike | None, local_files_only: bool | None
+) -> tuple[str | os.PathLike | None, bool]:
+    """``(cache folder, offline)`` for a hub call: explicit arguments, else ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE``
+    read at call time."""
+    offline = _env_flag("HF_HUB_OFFLINE") if local_files_only is None else bool(local_files_only)
+    return (cache_dir if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None), offline
+
+
 def resolve_folder(
     name_or_path: str | os.PathLike,
     subfolder: str | None = None,
@@ -202,8 +211,7 @@ def _download(
 ) -> Path:
     from huggingface_hub import snapshot_download
 
-    offline = _env_flag("HF_HUB_OFFLINE") if local_files_only is None else bool(local_files_only)
-    cache = cache_dir if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None
+    cache, offline = hub_settings(cache_dir, local_files_only)
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     try:
         got = snapshot_download(
