@@ -2,7 +2,7 @@
 
 Each budget is turned into the most steps a (method, solver) pair can afford with its exact cost (CFG/AG 2, PG 3,
 HG 4 branch evaluations per stage; Heun with N steps on a grid ending at sigma = 0 runs 2N - 1 stages), see
-:mod:`v2a_sampler.bench`. Pairs whose single step already exceeds the budget are skipped. The ``nfe`` column is what
+``benchmarks/bench.py``. Pairs whose single step already exceeds the budget are skipped. The ``nfe`` column is what
 the sampler counted (``info.nfe``), not the budget.
 
 * ``toy2d``: the 2D lab with exact metrics, at the lab's settings (``examples/toy2d/reproduce.py``: CFG 3, AG 3,
@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import bench
 import torch
 
-from v2a_sampler import bench
 from v2a_sampler.lab import experiment as E
 from v2a_sampler.lab.metrics import METRIC_NAMES as LAB_METRICS
 from v2a_sampler.lab.metrics import evaluate as lab_evaluate
@@ -155,9 +155,9 @@ def run_v2a(
     pipe: Any = None,
 ) -> list[dict[str, Any]]:
     """Per-seed rows of the V2A task: :data:`SAMPLES_PER_CLIP` soundtracks per held-out clip per seed replicate."""
-    from v2a_sampler.features import resize_frames
+    from v2a_sampler.media.specs import resize_frames
     from v2a_sampler.metrics import evaluate_tracks
-    from v2a_sampler.pipeline import Pipeline
+    from v2a_sampler.pipelines.embedded import Pipeline
     from v2a_sampler.synth import make_clip
     from v2a_sampler.training.synth_v2a import EVAL_SEED_OFFSET, RENDER_SIZE
 

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import bench
 import torch
 
-from v2a_sampler import bench
 from v2a_sampler.guidance import PAPER_DEFAULTS
 from v2a_sampler.lab import experiment as E
 from v2a_sampler.lab.metrics import METRIC_NAMES as LAB_METRICS
@@ -91,9 +91,9 @@ def sweep_lab(factors: Sequence[float], seeds: int, n_per_class: int) -> list[di
 
 def sweep_v2a(factors: Sequence[float], seeds: int, clips: int, duration: float, steps: int) -> list[dict[str, Any]]:
     """Per-seed V2A rows at AudioMoG's V2A weights, :data:`SAMPLES_PER_CLIP` soundtracks per clip per seed."""
-    from v2a_sampler.features import resize_frames
+    from v2a_sampler.media.specs import resize_frames
     from v2a_sampler.metrics import evaluate_tracks
-    from v2a_sampler.pipeline import Pipeline
+    from v2a_sampler.pipelines.embedded import Pipeline
     from v2a_sampler.synth import make_clip
     from v2a_sampler.training.synth_v2a import EVAL_SEED_OFFSET, RENDER_SIZE
 

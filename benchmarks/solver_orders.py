@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from v2a_sampler import EDMSchedule, FlowSchedule, VPSchedule, solvers
-from v2a_sampler.analytic import GaussianMixture, gaussian_denoiser
+from v2a_sampler.core.analytic import GaussianMixture, gaussian_denoiser
 
 MEAN = torch.tensor([1.0, -0.5])
 COV = torch.tensor([[0.3, 0.2], [0.2, 2.0]])

@@ -29,9 +29,9 @@ import torch
 
 from v2a_sampler import guidance as G
 from v2a_sampler import solvers
-from v2a_sampler.engine import GuidedDenoiser
+from v2a_sampler.core.engine import GuidedDenoiser
 from v2a_sampler.mmaudio.network import MMAudio
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.pipelines.embedded import Pipeline
 
 METHODS = ["none", "cfg", "ag", "pg", "hg"]
 EMBEDDED_SECONDS = 5.0  # clip length for the embedded model

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from v2a_sampler.features import resize_frames
+from v2a_sampler.media.specs import resize_frames
 from v2a_sampler.metrics import evaluate_tracks
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.synth import make_clip
 from v2a_sampler.training.synth_v2a import EVAL_SEED_OFFSET, RENDER_SIZE
 

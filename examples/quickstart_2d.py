@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from v2a_sampler import FlowSchedule, solvers
-from v2a_sampler.analytic import ConditionalGaussianMixture, GaussianMixture
+from v2a_sampler.core.analytic import ConditionalGaussianMixture, GaussianMixture
 
 #: How much the bad model's component covariances are inflated (its "blur").
 BAD_BLUR = 4.0

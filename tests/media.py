@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from v2a_sampler import io
+from v2a_sampler.media import io
 
 SR = 16000
 #: Decoder name of what the library writes: H.264 where PyAV's FFmpeg has libx264, else MPEG-4 Part 2.

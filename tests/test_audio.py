@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from v2a_sampler import audio as A
+from v2a_sampler.media import audio as A
 
 SR = 16000
 N_FFT, HOP = 512, 128

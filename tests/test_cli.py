@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 from test_pipeline import TINY, _tiny_model
 from typer.testing import CliRunner
 
-from v2a_sampler import io
 from v2a_sampler.cli import app
+from v2a_sampler.media import io
 from v2a_sampler.models.v2a_flow import V2AFlow
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.synth import make_clip, write_mp4
 
 runner = CliRunner()

@@ -18,9 +18,10 @@ import torch
 from test_pipeline import _tiny_model
 from typer.testing import CliRunner
 
-from v2a_sampler import datagen, io
+from v2a_sampler import datagen
 from v2a_sampler.cli import app
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.media import io
+from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.synth import make_clip, write_mp4
 
 GL = 4  # Griffin-Lim iterations in the Python-API runs (the CLI uses the default)

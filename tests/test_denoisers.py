@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from v2a_sampler import denoisers as D
-from v2a_sampler.analytic import GaussianMixture
+from v2a_sampler.core.analytic import GaussianMixture
 
 SCHEDULES = [D.FlowSchedule(1.0), D.FlowSchedule(0.0), D.EDMSchedule(), D.VPSchedule()]
 TIMES = {  # interior times per schedule (alpha, sigma > 0)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from v2a_sampler import datagen, evaluate, metrics
 from v2a_sampler.evaluate import app
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.synth import load_events, make_dataset
 
 runner = CliRunner()

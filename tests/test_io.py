@@ -14,8 +14,8 @@ import soundfile as sf
 import torch
 from media import SR, WRITTEN, decode_index, frame_colour, make_bad_inputs, make_video  # noqa: E402
 
-from v2a_sampler import io
-from v2a_sampler.io import V2AInputError
+from v2a_sampler.media import io
+from v2a_sampler.media.io import V2AInputError
 
 #: Samples per AAC frame: the most encoder padding a container without stream durations can leave.
 AAC_FRAME = 1024

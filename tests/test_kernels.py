@@ -627,6 +627,7 @@ def test_kernels_compile_for_sm90_with_vector_loads(kernel: str) -> None:
     """The kernels compile for an H100 target, and 16-byte-aligned operands get 128-bit loads and stores."""
     import triton
     import triton.language as tl
+
     from v2a_sampler.kernels import triton_guided as T
 
     if T.is_interpreted():

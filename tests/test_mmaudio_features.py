@@ -16,11 +16,11 @@ from media import decode_index, make_video
 from mmaudio_fixtures import load_fixture, prefixed
 from torch import nn
 
-from v2a_sampler.io import V2AInputError
+from v2a_sampler.media.io import V2AInputError
 from v2a_sampler.mmaudio import clip as clip_mod
 from v2a_sampler.mmaudio import frames as fr
 from v2a_sampler.mmaudio.checkpoints import CheckpointError
-from v2a_sampler.mmaudio.features import MMAudioFeatures
+from v2a_sampler.mmaudio.encoders import MMAudioFeatures
 from v2a_sampler.mmaudio.network import MMAudio, sequence_lengths
 from v2a_sampler.mmaudio.synchformer import (
     CHECKPOINT_PREFIX,

@@ -8,13 +8,13 @@ from torch import nn
 
 from v2a_sampler import Pipeline
 from v2a_sampler.mmaudio.checkpoints import CheckpointError
-from v2a_sampler.mmaudio.features import MMAudioFeatures
+from v2a_sampler.mmaudio.encoders import MMAudioFeatures
 from v2a_sampler.mmaudio.frames import read_video
 from v2a_sampler.mmaudio.network import MMAudio
-from v2a_sampler.mmaudio.pipeline import MMAudioPipeline
 from v2a_sampler.mmaudio.synchformer import Synchformer, SynchformerConfig
 from v2a_sampler.mmaudio.vae import AudioVAE, VAEConfig
 from v2a_sampler.mmaudio.vocoder import BigVGAN, BigVGANConfig, MMAudioDecoder
+from v2a_sampler.pipelines.mmaudio import MMAudioPipeline
 from v2a_sampler.synth import make_clip, write_mp4
 
 RATE, HOP = 16000, 256

@@ -9,10 +9,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import bench
 import pytest
 import torch
 
-from v2a_sampler import bench
 from v2a_sampler.lab.toy2d import pretrained
 from v2a_sampler.solvers import get_timesteps, stages_per_sample
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from v2a_sampler import io
-from v2a_sampler.features import AudioSpec, VideoSpec
+from v2a_sampler.media import io
+from v2a_sampler.media.specs import AudioSpec, VideoSpec
 from v2a_sampler.models.v2a_flow import V2AFlow
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.synth import make_clip, write_mp4
 
 TINY = dict(n_mels=16, patch=2, dim=32, depth=1, heads=2, video_dim=16, frame_size=16, encoder_width=8)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from v2a_sampler import denoisers as D
-from v2a_sampler import engine, solvers
 from v2a_sampler import guidance as G
-from v2a_sampler.analytic import ConditionalGaussianMixture, GaussianMixture, gaussian_denoiser
+from v2a_sampler import solvers
+from v2a_sampler.core import engine
+from v2a_sampler.core.analytic import ConditionalGaussianMixture, GaussianMixture, gaussian_denoiser
 
 MEAN = torch.tensor([1.0, -0.5])
 COV = torch.tensor([[0.3, 0.2], [0.2, 2.0]])
@@ -404,7 +405,7 @@ def test_fused_sampling_through_the_triton_kernel_matches(tmp_path):
     script = """
 import torch
 from v2a_sampler import solvers, FlowSchedule
-from v2a_sampler.analytic import gaussian_denoiser
+from v2a_sampler.core.analytic import gaussian_denoiser
 den = gaussian_denoiser([1.0, -0.5], torch.tensor([[0.3, 0.2], [0.2, 2.0]]), "velocity", FlowSchedule(1.0))
 noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
 for solver in ("euler", "dpmpp_2m", "dpmpp_2m_sde"):

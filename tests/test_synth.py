@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from v2a_sampler import audio as A
-from v2a_sampler import io, synth
+from v2a_sampler import synth
+from v2a_sampler.media import audio as A
+from v2a_sampler.media import io
 from v2a_sampler.synth import world
 
 SR = 16000

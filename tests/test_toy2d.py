@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from v2a_sampler import sample
-from v2a_sampler.analytic import GaussianMixture
+from v2a_sampler.core.analytic import GaussianMixture
 from v2a_sampler.lab import experiment as E
 from v2a_sampler.lab import metrics as M
 from v2a_sampler.lab.toy2d import COMPONENTS_PER_BRANCH, TREE_DEPTH, make_toy2d, pretrained

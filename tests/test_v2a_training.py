@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from v2a_sampler.features import AudioSpec, VideoSpec
-from v2a_sampler.pipeline import Pipeline
+from v2a_sampler.media.specs import AudioSpec, VideoSpec
+from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.training.synth_v2a import ClipCrops, build_synth_set, mel_video_ratio
 from v2a_sampler.training.v2a_recipe import train_embedded
 

@@ -11,9 +11,9 @@ Public surface:
 
 from typing import Any
 
-from . import denoisers, guidance, solvers
-from .denoisers import EDMSchedule, FlowSchedule, Prediction, VPSchedule, from_fn
-from .solvers import SampleInfo, sample
+from .core import denoisers, guidance, solvers
+from .core.denoisers import EDMSchedule, FlowSchedule, Prediction, VPSchedule, from_fn
+from .core.solvers import SampleInfo, sample
 
 __version__ = "0.1.0"
 
@@ -36,7 +36,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Pipeline pulls in video I/O and the model zoo; import it on first use only.
     if name == "Pipeline":
-        from .pipeline import Pipeline
+        from .pipelines.embedded import Pipeline
 
         return Pipeline
     raise AttributeError(f"module 'v2a_sampler' has no attribute {name!r}")

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from v2a_sampler.lab import experiment as E
-from v2a_sampler.lab.recipes import train_lab_models
 from v2a_sampler.lab.toy2d import PRETRAINED_KINDS, make_toy2d, pretrained
+from v2a_sampler.training.lab_recipes import train_lab_models
 
 #: Samples per class and seeds of the two modes.
 QUICK_SAMPLES, QUICK_SEEDS = 2048, 1

@@ -1,5 +1,5 @@
 """Train the 2D lab's models from scratch: ``good``, ``bad_early`` (an earlier checkpoint of the good run) and
-``bad_small`` (a smaller network trained for fewer iterations); see :mod:`v2a_sampler.lab.recipes`.
+``bad_small`` (a smaller network trained for fewer iterations); see :mod:`v2a_sampler.training.lab_recipes`.
 
     python examples/toy2d/train.py                       # overwrite the shipped weights in v2a_sampler/assets/toy2d
     python examples/toy2d/train.py --out out/toy2d_models
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from v2a_sampler.lab.recipes import train_lab_models
 from v2a_sampler.lab.toy2d import ASSETS
+from v2a_sampler.training.lab_recipes import train_lab_models
 
 
 def main() -> None:

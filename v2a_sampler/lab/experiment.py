@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..solvers import get_timesteps, sample
+from ..core.solvers import get_timesteps, sample
 from .metrics import METRIC_NAMES, evaluate, outlier_threshold
 from .toy2d import Toy2D
 

@@ -7,7 +7,7 @@ shorter children that turn left and right by a shrinking angle. Fine detail ther
 support is locally almost one-dimensional. The branches of the last level are the *leaves*.
 
 Because the data is an exact Gaussian mixture, the noisy density, score and ideal denoiser are available in closed
-form at every noise level (:mod:`v2a_sampler.analytic`): :meth:`Toy2D.denoiser` is an exact denoiser that serves as
+form at every noise level (:mod:`v2a_sampler.core.analytic`): :meth:`Toy2D.denoiser` is an exact denoiser that serves as
 ground truth for the solvers and for the guidance lab metrics.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analytic import LOG_2PI, ConditionalGaussianMixture, GaussianMixture
-from ..denoisers import Cond, FnDenoiser, Prediction, Schedule
+from ..core.analytic import LOG_2PI, ConditionalGaussianMixture, GaussianMixture
+from ..core.denoisers import Cond, FnDenoiser, Prediction, Schedule
 
 # Geometry of the fractal. Lengths are in data units; the resulting data has a standard deviation of about 0.4.
 #: Levels of the branching tree (level 0 is the trunk; level TREE_DEPTH - 1 holds the leaves).

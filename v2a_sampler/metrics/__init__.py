@@ -26,9 +26,8 @@ from .classifier import (
     window_embeddings,
 )
 from .diversity import DIVERSITY_SPACES, diversity, mean_pairwise_distance
-from .evaluate import Track, evaluate_tracks
-from .features import METRIC_SAMPLE_RATE, audible_events, prepare_audio, resample
 from .frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats, trace_sqrt_product
+from .inputs import METRIC_SAMPLE_RATE, audible_events, prepare_audio, resample
 from .onsets import (
     DEFAULT_TOLERANCE_S,
     OnsetCounts,
@@ -39,6 +38,7 @@ from .onsets import (
     onset_f1,
     onset_strength,
 )
+from .tracks import Track, evaluate_tracks
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",

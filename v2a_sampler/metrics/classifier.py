@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from ..audio import log_mel
-from .features import METRIC_SAMPLE_RATE, AudioLike, EventLike, audible_events, prepare_audio
+from ..media.audio import log_mel
+from .inputs import METRIC_SAMPLE_RATE, AudioLike, EventLike, audible_events, prepare_audio
 
 __all__ = [
     "CHECKPOINT_NAME",

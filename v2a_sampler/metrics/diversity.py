@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .classifier import TimbreClassifier, load_classifier, window_embeddings
-from .features import METRIC_SAMPLE_RATE, AudioLike, prepare_audio
+from .inputs import METRIC_SAMPLE_RATE, AudioLike, prepare_audio
 
 __all__ = ["DIVERSITY_SPACES", "diversity", "mean_pairwise_distance"]
 

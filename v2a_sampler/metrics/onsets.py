@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..audio import log_mel
-from .features import METRIC_SAMPLE_RATE, AudioLike, EventLike, audible_events, prepare_audio
+from ..media.audio import log_mel
+from .inputs import METRIC_SAMPLE_RATE, AudioLike, EventLike, audible_events, prepare_audio
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",

@@ -39,7 +39,7 @@ from .classifier import (
     classify_onsets,
     cut_windows,
 )
-from .features import METRIC_SAMPLE_RATE, audible_events
+from .inputs import METRIC_SAMPLE_RATE, audible_events
 
 __all__ = ["TrainRecipe", "build_examples", "evaluate_classifier", "main", "save_classifier", "train_classifier"]
 

@@ -17,9 +17,10 @@ What the official demo does (hkchengrex/MMAudio ``mmaudio/data/av_utils.py`` ``r
 
 The resizing is torchvision's ``v2.Resize`` on uint8 tensors (what the official transforms run), done with
 ``torch.nn.functional.interpolate`` directly: torchvision is not needed. Times are measured from the start of the
-video stream (PyAV's ``frame.time`` minus the stream's start time), as everywhere in :mod:`v2a_sampler.io`; this
+video stream (PyAV's ``frame.time`` minus the stream's start time), as everywhere in :mod:`v2a_sampler.media.io`; this
 equals the official ``frame.time`` for streams that start at 0 (the usual MP4/MOV/MKV case). Opening, probing and
-error reporting are :mod:`v2a_sampler.io`'s; failures raise :class:`~v2a_sampler.io.V2AInputError` (one line).
+error reporting are :mod:`v2a_sampler.media.io`'s; failures raise :class:`~v2a_sampler.media.io.V2AInputError`
+(one line).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import io
+from ..media import io
 from .clip import CLIP_FPS, CLIP_SIZE
 from .network import sequence_lengths
 from .synchformer import SEGMENT_FRAMES, SYNC_FPS, SYNC_SIZE, normalize
@@ -163,7 +164,7 @@ def sync_transform(frames: torch.Tensor) -> torch.Tensor:
 def read_video(path: str | os.PathLike, duration: float = DEFAULT_DURATION) -> MMAudioFrames:
     """CLIP and Synchformer frames of the first ``duration`` seconds of a video, as the official demo reads them.
 
-    Raises :class:`~v2a_sampler.io.V2AInputError` for unreadable files, and when the video holds less than one
+    Raises :class:`~v2a_sampler.media.io.V2AInputError` for unreadable files, and when the video holds less than one
     Synchformer window (16 frames at 25 fps, 0.64 s).
     """
     if not (isinstance(duration, int | float) and math.isfinite(duration) and duration > 0):

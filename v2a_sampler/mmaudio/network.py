@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..denoisers import Cond, FlowSchedule, Prediction
+from ..core.denoisers import Cond, FlowSchedule, Prediction
 from ..models.base import DenoiserModule
 from ..models.registry import register_architecture
 

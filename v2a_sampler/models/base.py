@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..denoisers import Cond, FlowSchedule, Prediction, Schedule, check_drop
+from ..core.denoisers import Cond, FlowSchedule, Prediction, Schedule, check_drop
 
 _UNSET: Any = object()
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..denoisers import Cond
+from ..core.denoisers import Cond
 from .base import DenoiserModule, schedule_terms
 from .registry import register_architecture
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..denoisers import Cond, FlowSchedule, Prediction
-from ..features import AudioSpec, VideoSpec
+from ..core.denoisers import Cond, FlowSchedule, Prediction
+from ..media.specs import AudioSpec, VideoSpec
 from .base import DenoiserModule
 from .registry import register_architecture
 
@@ -131,9 +131,9 @@ class V2AFlow(DenoiserModule):
         video_dim: width of the encoded video features.
         frame_size: frames are resized to ``frame_size x frame_size`` before encoding.
         encoder_width: channels of the first frame-encoder convolution.
-        audio: the :class:`~v2a_sampler.features.AudioSpec` (as a dict, with normalisation statistics) of the data
+        audio: the :class:`~v2a_sampler.media.specs.AudioSpec` (as a dict, with normalisation statistics) of the data
             the model was trained on; needed to turn its outputs into sound.
-        video: the :class:`~v2a_sampler.features.VideoSpec` (frame rate and size) the model was trained with.
+        video: the :class:`~v2a_sampler.media.specs.VideoSpec` (frame rate and size) the model was trained with.
     """
 
     def __init__(

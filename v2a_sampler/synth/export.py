@@ -13,7 +13,7 @@ from typing import Any
 import av
 import numpy as np
 
-from ..io import (
+from ..media.io import (
     FASTSTART,
     V2AInputError,
     add_video_encoder,

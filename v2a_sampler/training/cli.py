@@ -159,7 +159,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_toy2d(args: argparse.Namespace) -> None:
-    from ..lab.recipes import train_lab_models
+    from .lab_recipes import train_lab_models
 
     for kind, path in train_lab_models(args.out, progress=not args.no_progress).items():
         print(f"{kind}: {path}")

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..denoisers import Cond
+from ..core.denoisers import Cond
 
 
 @runtime_checkable

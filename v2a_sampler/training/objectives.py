@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..denoisers import Cond, Prediction, ScheduleTerms, from_x0_eps
+from ..core.denoisers import Cond, Prediction, ScheduleTerms, from_x0_eps
 from ..models.base import schedule_terms, time_from_noise_level
 
 #: Noise levels are drawn in [LEVEL_EPS, 1 - LEVEL_EPS]: velocity targets of some schedules blow up at the ends.

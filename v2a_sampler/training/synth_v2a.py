@@ -1,7 +1,7 @@
 """Training data for the embedded V2A model, from the procedural synthetic world.
 
 Clips are rendered with :func:`v2a_sampler.synth.make_clip`; each becomes a log-mel ``[n_mels, frames]`` (per
-:class:`~v2a_sampler.features.AudioSpec`) and frames ``[T, s, s, 3]`` sampled at :class:`VideoSpec` fps and
+:class:`~v2a_sampler.media.specs.AudioSpec`) and frames ``[T, s, s, 3]`` sampled at :class:`VideoSpec` fps and
 area-resized to ``s`` squares (the size the model's frame encoder works at). Built sets are cached on disk, keyed by
 every parameter, so repeated runs and resumes do not re-render.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..features import AudioSpec, VideoSpec, resize_frames
+from ..media.specs import AudioSpec, VideoSpec, resize_frames
 from ..synth import make_clip
 from .data import TensorData, register_dataset
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..features import AudioSpec, VideoSpec
+from ..media.specs import AudioSpec, VideoSpec
 from ..models import from_pretrained, save_pretrained
 from .synth_v2a import ClipCrops, build_synth_set, mel_video_ratio
 from .trainer import TrainConfig, checkpoint_name, train

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from ..models import CONFIG_NAME, WEIGHTS_NAME
-from ..training.bad import train_reduced
-from ..training.trainer import TrainConfig, TrainResult, checkpoint_name, train
+from .bad import train_reduced
+from .trainer import TrainConfig, TrainResult, checkpoint_name, train
 
 GOOD_WIDTH = 64
 GOOD_ITERATIONS = 4096

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import V2AInputError
+from ..media.io import V2AInputError
 from .classifier import TimbreClassifier, class_counts, load_classifier, window_embeddings
 from .diversity import diversity
-from .features import METRIC_SAMPLE_RATE, AudioLike, EventLike, audible_events
 from .frechet import frechet_distance
+from .inputs import METRIC_SAMPLE_RATE, AudioLike, EventLike, audible_events
 from .onsets import DEFAULT_TOLERANCE_S, OnsetCounts, onset_counts
 
 __all__ = ["Track", "evaluate_tracks"]

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import guidance as G
-from .solvers import solver_name
+from v2a_sampler import guidance as G
+from v2a_sampler.solvers import solver_name
 
 #: Solvers whose steps cost two stages (predictor + corrector).
 TWO_STAGE_SOLVERS = frozenset({"heun"})

@@ -45,7 +45,7 @@ class AudioSpec:
         return int(round(duration * self.sample_rate)) // self.hop + 1
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """``[..., N]`` waveform -> ``[..., n_mels, frames]`` log-mel (:func:`v2a_sampler.audio.log_mel`)."""
+        """``[..., N]`` waveform -> ``[..., n_mels, frames]`` log-mel (:func:`v2a_sampler.media.audio.log_mel`)."""
         wave = torch.as_tensor(wave, dtype=torch.float32)
         return log_mel(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.f_min, self.f_max)
 

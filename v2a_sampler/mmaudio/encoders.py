@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..denoisers import Cond
+from ..core.denoisers import Cond
 from .clip import DFN5B_HUB_ID, ClipFeatures
 from .frames import MMAudioFrames, stack
 from .synchformer import Synchformer

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from ..kernels import combine
 from .denoisers import Cond, Denoiser, Prediction, check_compatible, eps_from_x0, from_x0_eps, to_x0
 from .guidance import ROLES, ZERO_TOL, Branch, Guidance
-from .kernels import combine
 
 
 class GuidedDenoiser:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import V2AInputError
+from ..media.io import V2AInputError
 from ..synth import Event
 
 __all__ = ["METRIC_SAMPLE_RATE", "AudioLike", "EventLike", "audible_events", "prepare_audio", "resample"]

@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import guidance as G
-from . import io, solvers
-from .features import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
-from .models import from_pretrained as load_model
-from .models import resolve_folder
-from .models import save_pretrained as save_model
-from .models.v2a_flow import V2AFlow
+from ..core import guidance as G
+from ..core import solvers
+from ..media import io
+from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
+from ..models import from_pretrained as load_model
+from ..models import resolve_folder
+from ..models import save_pretrained as save_model
+from ..models.v2a_flow import V2AFlow
 
 if TYPE_CHECKING:
-    from .mmaudio.pipeline import MMAudioPipeline
+    from .mmaudio import MMAudioPipeline
 
 #: Name of the bad model's sub-folder inside a pipeline folder.
 BAD_SUBFOLDER = "bad"
@@ -175,11 +176,11 @@ class Pipeline:
 
         ``"hkchengrex/MMAudio"`` (or any ``variant``) loads the official MMAudio checkpoints instead:
         ``Pipeline.from_pretrained("hkchengrex/MMAudio", variant="large_44k_v2", bad_variant="small_44k")``
-        returns a :class:`~v2a_sampler.mmaudio.pipeline.MMAudioPipeline` (downloads, caches and verifies the
+        returns a :class:`~v2a_sampler.pipelines.mmaudio.MMAudioPipeline` (downloads, caches and verifies the
         official files; ``cache_dir`` / ``local_files_only`` as for the hub).
         """
         if str(name_or_path) == MMAUDIO_REPO or variant is not None or bad_variant is not None:
-            from .mmaudio.pipeline import MMAudioPipeline
+            from .mmaudio import MMAudioPipeline
 
             if bad is not None:
                 raise ValueError("for MMAudio pass the bad model as bad_variant=..., not bad=...")

@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from .. import guidance as G
-from .. import solvers
-from ..pipeline import GeneratedAudio, check_finite, compile_networks, item_seeds, nfe_per_clip, seeded_noise
-from . import hub
-from .clip import DFN5B_HUB_ID
-from .features import MMAudioFeatures
-from .frames import DEFAULT_DURATION, MMAudioFrames, read_video
-from .network import VARIANTS, MMAudio
-from .vocoder import MMAudioDecoder
+from ..core import guidance as G
+from ..core import solvers
+from ..mmaudio import hub
+from ..mmaudio.clip import DFN5B_HUB_ID
+from ..mmaudio.encoders import MMAudioFeatures
+from ..mmaudio.frames import DEFAULT_DURATION, MMAudioFrames, read_video
+from ..mmaudio.network import VARIANTS, MMAudio
+from ..mmaudio.vocoder import MMAudioDecoder
+from .embedded import GeneratedAudio, check_finite, compile_networks, item_seeds, nfe_per_clip, seeded_noise
 
 #: The official demo's sampling defaults.
 DEFAULT_GUIDANCE = "cfg(4.5)"
