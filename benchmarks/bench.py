@@ -1,9 +1,9 @@
 """Shared helpers of the quality benchmarks: NFE budget -> steps, aggregation over seeds, error-bar plots.
 
-Cost model (exact, matching :func:`v2a_sampler.solvers.stages_per_sample`): a solver run of ``N`` steps evaluates
-``stages(N)`` guided denoiser stages, each costing the guidance's ``nfe_per_step`` branch evaluations per sample.
-``stages(N) = N`` for Euler and the DPM++ solvers; Heun runs ``2 N`` stages, minus one when the grid ends at
-``sigma = 0`` (its last step is then an Euler step).
+The cost model is the solver registry's (:class:`v2a_sampler.solvers.Solver`): a run of ``N`` steps evaluates
+``stages(N)`` guided denoiser stages (Heun: ``2 N - 1`` on a grid ending at ``sigma = 0``), each costing the
+guidance's ``nfe_per_step`` branch evaluations per sample. The functions here only name that arithmetic for the
+benchmark scripts.
 """
 
 from __future__ import annotations
@@ -15,25 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from v2a_sampler import guidance as G
-from v2a_sampler.solvers import solver_name
+from v2a_sampler.solvers import get_solver
 
-#: Solvers whose steps cost two stages (predictor + corrector).
-TWO_STAGE_SOLVERS = frozenset({"heun"})
 #: Column suffix of the standard deviation over seeds.
 STD_SUFFIX = "_std"
 
 
 def stages(solver: str, steps: int, final_sigma_zero: bool = True) -> int:
-    """Denoiser stages of ``steps`` solver steps (Heun: ``2 N - 1`` on a grid ending at ``sigma = 0``, else ``2 N``)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if solver_name(solver) in TWO_STAGE_SOLVERS:
-        return 2 * steps - (1 if final_sigma_zero else 0)
-    return steps
+    """Denoiser stages of ``steps`` solver steps (the registry's ``Solver.stages``)."""
+    return get_solver(solver).stages(steps, final_sigma_zero)
 
 
 def nfe_per_step(guidance: str | G.Guidance) -> int:
-    """Branch evaluations per stage of a guidance spec (none/AG 1, CFG 2, PG 3, HG 4)."""
+    """Branch evaluations per stage of a guidance spec (none 1, CFG and AG 2, PG 3, HG 4)."""
     return G.parse(guidance).nfe_per_step
 
 
@@ -43,15 +37,8 @@ def cost(guidance: str | G.Guidance, solver: str, steps: int, final_sigma_zero: 
 
 
 def steps_for_budget(budget: int, per_stage: int, solver: str, final_sigma_zero: bool = True) -> int | None:
-    """The most steps whose cost ``per_stage * stages(steps)`` fits in ``budget``; None if even one step does not."""
-    if per_stage < 1:
-        raise ValueError(f"per_stage must be >= 1, got {per_stage}")
-    affordable = budget // per_stage  # whole stages the budget pays for
-    if solver_name(solver) in TWO_STAGE_SOLVERS:
-        steps = (affordable + 1) // 2 if final_sigma_zero else affordable // 2
-    else:
-        steps = affordable
-    return steps if steps >= 1 else None
+    """The most steps whose cost ``per_stage * stages(steps)`` fits in ``budget`` (``Solver.steps_for_budget``)."""
+    return get_solver(solver).steps_for_budget(budget, per_stage, final_sigma_zero)
 
 
 def aggregate(

@@ -10,20 +10,10 @@ the environment variable ``V2A_KERNELS`` (read at every call; the argument wins)
 CPU tensors works only under the Triton interpreter (``TRITON_INTERPRET=1`` set before the kernels are first
 used). Importing this package never imports triton.
 
-Solver coefficients for one step from ``now = schedule.terms(t)`` to ``nxt = schedule.terms(s)``, with
-``a, b = x0_coefficients(prediction, now)`` (checked against ``solvers.py`` by ``tests/test_kernels.py``):
-
-* Euler/DDIM: ``u_x = nxt.sigma / now.sigma``, ``u_0 = nxt.alpha - nxt.sigma * now.alpha / now.sigma``.
-* DPM++ 2M (``h = nxt.log_snr - now.log_snr``, ``g = -expm1(-h)``, ``r = h_last / h``): ``u_x = nxt.sigma /
-  now.sigma``, ``u_0 = nxt.alpha * g * (1 + 1 / (2 r))``, ``u_old = -nxt.alpha * g / (2 r)`` with the previous
-  ``x0`` (first step: ``u_old = 0``, no ``x0_old``); to ``sigma = 0``: ``u_x = 0``, ``u_0 = nxt.alpha``.
-* DPM++ 2M SDE (``eta_h = eta * h``, ``g = -expm1(-h - eta_h)``): ``u_x = nxt.sigma / now.sigma * exp(-eta_h)``,
-  ``u_0``/``u_old`` as above with this ``g``, ``u_noise = nxt.sigma * sqrt(-expm1(-2 eta_h)) * s_noise``.
-* Heun (``scale = alpha + sigma``, ``tau = noise_level``, ``dt = tau_s - tau_t``): predictor ``u_x = scale_s /
-  scale_t * tau_s / tau_t``, ``u_0 = -scale_s * dt / tau_t``; corrector at state ``x_pred`` with ``a, b`` at ``s``:
-  ``u_x = dt / (2 tau_s)``, ``u_0 = -scale_s * dt / (2 tau_s)``, ``u_old = -scale_s * dt / (2 tau_t)`` with the
-  predictor's ``x0``, and ``u_noise = scale_s / scale_t * (1 + dt / (2 tau_t))`` with ``noise`` = the step's start
-  state.
+Which ``u_x, u_0, u_old, u_noise`` a solver step uses is not written here: each fusable solver's linear rule in
+:mod:`v2a_sampler.core.solvers` gives the coefficients of ``x_next = c_x x + c_0 x0 + c_d (x0 - x0_prev) + c_n
+noise``, and its fused loop passes ``u_x = c_x``, ``u_0 = c_0 + c_d``, ``u_old = -c_d``, ``u_noise = c_n``
+(``tests/test_kernels.py`` checks it equals the plain loop step for step).
 """
 
 from __future__ import annotations

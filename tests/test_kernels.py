@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import os
 import re
 import subprocess
@@ -429,103 +428,26 @@ def _branches(x: torch.Tensor, t: float) -> list[torch.Tensor]:
     return [torch.tanh(0.7 * x + 0.1 * t) + 0.3 * x, torch.sin(0.5 * x - 0.2 * t) + 0.2 * x]
 
 
-def _fused_sample(
-    solver: str,
-    schedule: D.Schedule,
-    prediction: str,
-    x: torch.Tensor,
-    grid: list[float],
-    noises: list[torch.Tensor],
-) -> torch.Tensor:
-    """The solver loop written with one ``guided_step`` per denoiser stage (the coefficient mapping under test)."""
-    coeffs = [1.0 + GUIDANCE_WEIGHT, -GUIDANCE_WEIGHT]
-    old: torch.Tensor | None = None
-    h_last = math.inf
-    for i in range(len(grid) - 1):
-        t, s = grid[i], grid[i + 1]
-        now, nxt = schedule.terms(t), schedule.terms(s)
-        a, b = D.x0_coefficients(prediction, now)
-        if solver == "euler":
-            u_x, u_0 = nxt.sigma / now.sigma, nxt.alpha - nxt.sigma * now.alpha / now.sigma
-            _, x = K.guided_step(x, _branches(x, t), coeffs, a, b, u_x, u_0)
-        elif solver == "heun":
-            scale_t, scale_s = now.alpha + now.sigma, nxt.alpha + nxt.sigma
-            tau_t, tau_s = now.noise_level, nxt.noise_level
-            u_x, u_0 = scale_s / scale_t * tau_s / tau_t, -scale_s * (tau_s - tau_t) / tau_t
-            x0, x_pred = K.guided_step(x, _branches(x, t), coeffs, a, b, u_x, u_0)
-            if nxt.sigma > 0:
-                # corrector: state x_pred, history x0 (first stage), and the step's start state in the noise slot
-                h = tau_s - tau_t
-                a_s, b_s = D.x0_coefficients(prediction, nxt)
-                _, x_pred = K.guided_step(
-                    x_pred,
-                    _branches(x_pred, s),
-                    coeffs,
-                    a_s,
-                    b_s,
-                    u_x=h / (2.0 * tau_s),
-                    u_0=-scale_s * h / (2.0 * tau_s),
-                    u_old=-scale_s * h / (2.0 * tau_t),
-                    x0_old=x0,
-                    u_noise=scale_s / scale_t * (1.0 + h / (2.0 * tau_t)),
-                    noise=x,
-                )
-            x = x_pred
-        else:  # dpmpp_2m, dpmpp_2m_sde (eta = 1)
-            sde = solver == "dpmpp_2m_sde"
-            u_old, u_noise, noise = 0.0, 0.0, None
-            if nxt.sigma == 0.0:
-                u_x, u_0 = 0.0, nxt.alpha
-            else:
-                h = nxt.log_snr - now.log_snr
-                eta_h = h if sde else 0.0
-                gain = -math.expm1(-h - eta_h)
-                u_x, u_0 = nxt.sigma / now.sigma * math.exp(-eta_h), nxt.alpha * gain
-                if old is not None:
-                    r = h_last / h
-                    u_0 += nxt.alpha * gain / (2.0 * r)
-                    u_old = -nxt.alpha * gain / (2.0 * r)
-                if sde:
-                    u_noise, noise = nxt.sigma * math.sqrt(-math.expm1(-2.0 * eta_h)), noises.pop(0)
-                h_last = h
-            x0, x = K.guided_step(
-                x, _branches(x, t), coeffs, a, b, u_x, u_0, u_old, old if u_old else None, u_noise, noise
-            )
-            old = x0
-    return x
-
-
 @pytest.mark.parametrize("schedule, prediction", SCHEDULE_CASES, ids=str)
-@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"])
-def test_guided_step_reproduces_solver(
-    solver: str, schedule: D.Schedule, prediction: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A solver loop built on ``guided_step`` matches ``solvers.<solver>`` step for step (float64)."""
+@pytest.mark.parametrize("solver", solvers.fused_solvers())
+def test_fused_loop_runs_the_same_rule_as_the_plain_loop(solver: str, schedule: D.Schedule, prediction: str) -> None:
+    """Every fusable solver's rule, executed as one ``guided_step`` per stage (``u_0 = c_0 + c_d``, ``u_old =
+    -c_d``), equals its plain loop step for step (float64, the same SDE noise)."""
     grid = solvers.get_timesteps(schedule, 7).tolist()
-    gen = torch.Generator().manual_seed(0)
-    x_start = torch.randn(3, 16, generator=gen, dtype=torch.float64) * schedule.terms(grid[0]).sigma
-    coeffs = [1.0 + GUIDANCE_WEIGHT, -GUIDANCE_WEIGHT]
+    noise = torch.randn(3, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-        return D.to_x0(prediction, x, R.combine(_branches(x, t), coeffs), schedule.terms(t))
+    def fn(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        return _branches(x, t.view(-1, 1))[0 if cond is not None else 1]
 
-    # record the SDE noise the solver draws, whatever dtype or device it draws it in
-    drawn: list[torch.Tensor] = []
-    real_randn = torch.randn
-
-    def recording_randn(*args: Any, **kwargs: Any) -> torch.Tensor:
-        drawn.append(real_randn(*args, **kwargs))
-        return drawn[-1]
-
-    kw = {"generator": torch.Generator().manual_seed(1)} if solver == "dpmpp_2m_sde" else {}
-    with monkeypatch.context() as patch:
-        patch.setattr(torch, "randn", recording_randn)
-        expected = solvers.SOLVERS[solver](denoise, x_start.clone(), grid, schedule, **kw)
-    noisy_steps = sum(schedule.terms(s).sigma > 0 for s in grid[1:])
-    assert len(drawn) == (noisy_steps if solver == "dpmpp_2m_sde" else 0)
-    noises = [n.to(torch.float64) for n in drawn]
-    got = _fused_sample(solver, schedule, prediction, x_start.clone(), grid, noises)
-    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    den = D.from_fn(fn, prediction, schedule=schedule)
+    spec = f"cfg({1.0 + GUIDANCE_WEIGHT})"
+    runs = {}
+    for fused in (False, True):
+        gen = torch.Generator().manual_seed(1)
+        runs[fused] = solvers.sample(den, noise, {"cond": 1}, guidance=spec, solver=solver, timesteps=grid,
+                                     fused=fused, generator=gen)[0]  # fmt: skip
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-9, atol=1e-9)
+    assert solvers.get_solver(solver).fusable and not solvers.get_solver("heun").fusable
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -475,3 +475,64 @@ def test_cuda_graph_needs_cuda():
     good = D.from_fn(lambda x, t, c: x, "velocity", 1.0)
     with pytest.raises(RuntimeError, match="cuda_graph=True needs CUDA"):
         solvers.sample(good, _noise(2), {"cond": None}, guidance="cfg(2)", steps=2, cuda_graph=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Euler ancestral (added through the solver registry)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_euler_ancestral_is_k_diffusions_step_on_edm():
+    """On an EDM (sigma-time) model ``euler_a`` is k-diffusion's ``sample_euler_ancestral``, written out here."""
+    den = gaussian_denoiser(MEAN, COV, "eps", D.EDMSchedule())
+    sigmas = solvers.get_timesteps(den.schedule, 12).tolist()
+    noise = _noise(32, 3)
+    for eta, s_noise in ((1.0, 1.0), (0.6, 0.9)):
+        gen = torch.Generator().manual_seed(4)
+        out, info = solvers.sample(den, noise, guidance="none", solver="euler_a", timesteps=sigmas, generator=gen,
+                                   eta=eta, s_noise=s_noise)  # fmt: skip
+        gen = torch.Generator().manual_seed(4)
+        x = noise * sigmas[0]
+        for s_from, s_to in zip(sigmas, sigmas[1:], strict=False):
+            denoised = D.to_x0(
+                "eps", x, den(x, torch.full((32,), s_from, dtype=x.dtype), None), den.schedule.terms(s_from)
+            )
+            sigma_up = min(s_to, eta * (s_to**2 * (s_from**2 - s_to**2) / s_from**2) ** 0.5)
+            sigma_down = (s_to**2 - sigma_up**2) ** 0.5
+            x = x + (x - denoised) / s_from * (sigma_down - s_from)
+            if s_to > 0:
+                x = x + torch.randn(x.shape, generator=gen, dtype=torch.float32).double() * s_noise * sigma_up
+        assert torch.allclose(out, x, atol=1e-12), (eta, (out - x).abs().max())
+        assert info.options == {"eta": eta, "s_noise": s_noise} and info.nfe == 12
+
+
+@pytest.mark.parametrize("schedule, prediction", [(D.FlowSchedule(1.0), "velocity"), (D.FlowSchedule(0.0), "velocity"),
+                                                  (D.VPSchedule(), "eps")])  # fmt: skip
+def test_euler_ancestral_eta_zero_is_euler_and_eta_one_converges_to_the_data(schedule, prediction):
+    den = gaussian_denoiser(MEAN, COV, prediction, schedule)
+    noise = _noise(64, 5)
+    a = solvers.sample(den, noise, guidance="none", solver="euler_a", steps=10, eta=0.0)[0]
+    b = solvers.sample(den, noise, guidance="none", solver="euler", steps=10)[0]
+    assert torch.allclose(a, b, atol=1e-12)
+    # first order in the step size: the variance deficit of the samples shrinks about 4x from 100 to 400 steps
+    n = 20000
+    deficit = {}
+    for steps in (100, 400):
+        out, _ = solvers.sample(den, _noise(n, 7), guidance="none", solver="euler_a", steps=steps,
+                                generator=torch.Generator().manual_seed(2))  # fmt: skip
+        mean_se = torch.sqrt(torch.diag(COV).double() / n)
+        assert torch.all((out.mean(0) - MEAN.double()).abs() < 5 * mean_se + 0.005)
+        deficit[steps] = (1 - torch.cov(out.T).diag() / torch.diag(COV).double()).abs().max().item()
+    assert deficit[400] < 0.05 and deficit[400] < deficit[100] / 2, deficit
+
+
+def test_solver_options_are_checked_against_the_registry():
+    den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    with pytest.raises(ValueError, match="solver 'euler' takes no options; got eta"):
+        solvers.sample(den, _noise(2), guidance="none", solver="euler", steps=2, eta=0.5)
+    with pytest.raises(ValueError, match="takes eta, s_noise; got churn"):
+        solvers.sample(den, _noise(2), guidance="none", solver="dpmpp_2m_sde", steps=2, churn=1.0)
+    with pytest.raises(ValueError, match=r"eta=-1 is outside \[0, inf\]"):
+        solvers.sample(den, _noise(2), guidance="none", solver="euler_a", steps=2, eta=-1)
+    assert solvers.get_solver("Euler-Ancestral").name == "euler_a"
+    assert solvers.get_solver("euler_a").check_options({}) == {"eta": 1.0, "s_noise": 1.0}

@@ -17,7 +17,7 @@ import torch
 
 from ..kernels import combine
 from .denoisers import Cond, Denoiser, Prediction, check_compatible, eps_from_x0, from_x0_eps, to_x0
-from .guidance import ROLES, ZERO_TOL, Branch, Guidance
+from .guidance import ROLES, ZERO_TOL, Branch, Guidance, GuidedStep
 
 
 class GuidedDenoiser:
@@ -83,6 +83,7 @@ class GuidedDenoiser:
         self._graphed: dict[tuple, _GraphedBranches] = {}
         self._conds: dict[tuple, tuple[bool, Any]] = {}
         self._stack_conds: dict[tuple, list[Cond] | None] = {}
+        self.state: dict[str, Any] = {}  # per-run memory of non-linear guidance (GuidedStep.state)
         self.nfe = 0
         self.nfe_by_role: Counter[str] = Counter()
         self.calls = 0
@@ -106,13 +107,23 @@ class GuidedDenoiser:
                 out = {**(out or {}), **replace}
         return out
 
+    def key(self, b: Branch) -> tuple[str, frozenset[str]]:
+        """``(role, concrete dropped condition names)``: branches with equal keys are one evaluation."""
+        net, _ = self._role(b.role)
+        return b.role, b.dropped(net.condition_names, getattr(net, "condition_groups", None))
+
     def plan(self, level: float) -> dict[tuple[str, frozenset[str]], float]:
-        """``{(role, dropped names): coefficient}`` at ``level``; branches that coincide for these models merge."""
+        """``{(role, dropped names): coefficient}`` at ``level``; branches that coincide for these models merge.
+
+        For a linear guidance, keys whose merged coefficient cancels are not evaluated; a non-linear one gets every
+        branch it names."""
         out: dict[tuple[str, frozenset[str]], float] = {}
         for b, c in self.guidance.branch_coefficients(level).items():
-            net, _ = self._role(b.role)
-            key = (b.role, b.dropped(net.condition_names, getattr(net, "condition_groups", None)))
-            out[key] = out.get(key, 0.0) + c
+            if abs(c) > ZERO_TOL or self.guidance.is_linear:
+                k = self.key(b)
+                out[k] = out.get(k, 0.0) + c
+        if not self.guidance.is_linear:
+            return out
         return {k: c for k, c in out.items() if abs(c) > ZERO_TOL}
 
     def branch_predictions(self, x: torch.Tensor, t: float) -> tuple[list[torch.Tensor], list[float]]:
@@ -121,6 +132,13 @@ class GuidedDenoiser:
         With ``cuda_graph`` the returned predictions live in the graph's static outputs: they are valid until the
         next call (the solvers combine them at once).
         """
+        _, preds, coeffs = self._stage(x, t)
+        return preds, coeffs
+
+    def _stage(
+        self, x: torch.Tensor, t: float
+    ) -> tuple[list[tuple[str, frozenset[str]]], list[torch.Tensor], list[float]]:
+        """Keys, predictions and coefficients of the branches evaluated at ``t`` (see :meth:`branch_predictions`)."""
         terms = self.model.schedule.terms(t)
         plan = self.plan(terms.noise_level)
         x_in = x if self.model_dtype is None else x.to(self.model_dtype)
@@ -138,7 +156,7 @@ class GuidedDenoiser:
                 )
             outs, forwards = graphed(x_in, t_in)
         self.forwards += forwards
-        preds, coeffs = [], []
+        keys, preds, coeffs = [], [], []
         for role in ROLES:
             if not groups[role]:
                 continue
@@ -151,12 +169,13 @@ class GuidedDenoiser:
                     )
                 if net.prediction is not self.model.prediction:
                     pred = _reexpress(pred, x, net.prediction, self.model.prediction, terms)
+                keys.append((role, dropped))
                 preds.append(pred)
                 coeffs.append(c)
             self.nfe_by_role[role] += len(groups[role])
         self.nfe += len(preds)
         self.calls += 1
-        return preds, coeffs
+        return keys, preds, coeffs
 
     def _evaluate(
         self, x: torch.Tensor, t: torch.Tensor, drops: dict[str, list[frozenset[str]]]
@@ -197,10 +216,22 @@ class GuidedDenoiser:
         return self._streams
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Guided x0 estimate at state ``x`` and model time ``t`` (a Python float)."""
-        preds, coeffs = self.branch_predictions(x, t)
-        guided = combine(preds, coeffs, out_dtype=x.dtype)
-        return to_x0(self.model.prediction, x, guided, self.model.schedule.terms(t))
+        """Guided x0 estimate at state ``x`` and model time ``t`` (a Python float).
+
+        Linear guidance is combined by :func:`v2a_sampler.kernels.combine` (the fast path); a non-linear one gets
+        its branch predictions by branch, in at least float32, through :meth:`Guidance.combine`."""
+        terms = self.model.schedule.terms(t)
+        keys, preds, coeffs = self._stage(x, t)
+        if self.guidance.is_linear:
+            guided = combine(preds, coeffs, out_dtype=x.dtype)
+        else:
+            work = torch.promote_types(x.dtype, torch.float32)
+            by_key = {k: p.to(work) for k, p in zip(keys, preds, strict=True)}
+            level = terms.noise_level
+            by_branch = {b: by_key[self.key(b)] for b in self.guidance.branches(level)}
+            step = GuidedStep(x, float(t), level, terms, self.model.prediction, self.state)
+            guided = self.guidance.combine(by_branch, step).to(x.dtype)
+        return to_x0(self.model.prediction, x, guided, terms)
 
     def _forward_stacked(
         self, x: torch.Tensor, t: torch.Tensor, drops: list[list[frozenset[str]]]

@@ -25,7 +25,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,29 @@ def _clean(coeffs: Mapping[Branch, float]) -> dict[Branch, float]:
     return {b: c for b, c in sorted(coeffs.items()) if abs(c) > ZERO_TOL}
 
 
+@dataclass
+class GuidedStep:
+    """What a guidance sees at one solver stage: the state ``x``, the model time ``t``, the noise ``level`` (0 =
+    data, 1 = noise), the schedule ``terms`` at ``t``, the good model's ``prediction`` type (the space the branch
+    predictions are in; :mod:`v2a_sampler.denoisers` converts between spaces) and ``state``, a dict that lives for
+    one sampling run (per-sample memory such as momentum; a new run starts empty)."""
+
+    x: Any
+    t: float
+    level: float
+    terms: Any
+    prediction: Any
+    state: dict[str, Any]
+
+
+def _weighted(coeffs: Mapping[Branch, float], predictions: Mapping[Branch, Any]) -> Any:
+    out = None
+    for b, c in _clean(coeffs).items():
+        term = c * predictions[b]
+        out = term if out is None else out + term
+    return out
+
+
 class Guidance:
     """Base of all guidance expressions. Combine them with ``+``, ``-`` and scalar ``*``."""
 
@@ -169,6 +192,20 @@ class Guidance:
     def spec(self) -> str:
         """A string that :func:`parse` turns back into an equal guidance."""
         raise NotImplementedError
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @property
+    def is_linear(self) -> bool:
+        """True when the guided prediction is ``sum_b coefficient_b * prediction_b`` at every noise level: the
+        engine then combines the branches itself (one kernel, fusable with the solver update). Non-linear forms
+        (operators such as APG or guidance rescale) override :meth:`combine` and return False; their
+        :meth:`branch_coefficients` still name the branches to evaluate."""
+        return True
+
+    def combine(self, predictions: Mapping[Branch, Any], step: GuidedStep) -> Any:
+        """The guided prediction from the evaluated branch ``predictions`` (tensors in the good model's prediction
+        type, combined in at least float32). Linear forms return ``sum_b c_b * predictions[b]``."""
+        return _weighted(self.branch_coefficients(step.level), predictions)
 
     # -- derived ------------------------------------------------------------------------------------------------
     def coefficients(self, level: float | None = None) -> dict[str, float]:
@@ -260,6 +297,9 @@ class Term(Guidance):
     def branch_coefficients(self, level: float | None = None) -> dict[Branch, float]:
         return {self.branch: 1.0}
 
+    def combine(self, predictions: Mapping[Branch, Any], step: GuidedStep) -> Any:
+        return predictions[self.branch]
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "branch", "key": self.branch.key}
 
@@ -287,6 +327,15 @@ class Linear(Guidance):
                 out[b] = out.get(b, 0.0) + c * v
         return out
 
+    @property
+    def is_linear(self) -> bool:
+        return all(g.is_linear for _, g in self.terms)
+
+    def combine(self, predictions: Mapping[Branch, Any], step: GuidedStep) -> Any:
+        if self.is_linear:
+            return _weighted(self.branch_coefficients(step.level), predictions)
+        return sum(c * g.combine(predictions, step) for c, g in self.terms)
+
     def regimes(self) -> list[dict[Branch, float]]:
         levels = sorted({lv for _, g in self.terms for lv in _breakpoints(g)})
         if not levels:
@@ -300,7 +349,7 @@ class Linear(Guidance):
 
     def spec(self) -> str:
         if self.preset is not None:
-            return _preset_spec(self.preset, self.params)
+            return PRESETS[self.preset].spec(self.params)
         parts = []
         for i, (c, g) in enumerate(self.terms):
             sign = "-" if c < 0 else "+"
@@ -334,6 +383,13 @@ class Interval(Guidance):
     def regimes(self) -> list[dict[Branch, float]]:
         return self.inner.regimes() + self.fallback.regimes()
 
+    @property
+    def is_linear(self) -> bool:
+        return self.inner.is_linear and self.fallback.is_linear
+
+    def combine(self, predictions: Mapping[Branch, Any], step: GuidedStep) -> Any:
+        return (self.inner if self.active(step.level) else self.fallback).combine(predictions, step)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "interval",
@@ -366,50 +422,184 @@ def _probe_levels(points: list[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Library forms
+# Library forms: one registry entry per preset
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _lin(coeffs: Mapping[Branch, float], preset: str, params: Mapping[str, Any]) -> Linear:
-    return Linear([(c, Term(b)) for b, c in coeffs.items()], preset=preset, params=params)
+@dataclass(frozen=True)
+class Param:
+    """A parameter of a preset: a guidance ``weight`` (a finite number, positional in specs), a ``choice`` among
+    fixed words, or a set of ``conditions`` (names joined by ``+`` in specs)."""
+
+    name: str
+    default: Any
+    kind: str = "weight"
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def check(self, value: Any, preset: str) -> Any:
+        """The normalised value, or ``ValueError`` naming the preset and parameter."""
+        if self.kind == "weight":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{preset}: {self.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{preset}: {self.name}={value!r} is not a finite number")
+            return float(value)
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{preset}: {self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if self.kind == "conditions":
+            if value is None:
+                return None
+            names = (value,) if isinstance(value, str) else tuple(value)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"{preset}: {self.name} must name conditions, got {value!r}")
+            drop = Branch.make("good", names).drop
+            return None if drop == (ALL,) else list(drop)
+        raise AssertionError(self.kind)
 
 
-def none() -> Guidance:
-    """No guidance: the conditional prediction of the good model (1 NFE)."""
-    return _lin({GOOD_COND: 1.0}, "none", {})
+@dataclass(frozen=True)
+class Preset:
+    """One named form of the algebra: its parameters (with paper defaults), the branch coefficients it compiles to,
+    its formula and source. The constructor functions (:func:`cfg`, :func:`hg`, ...), the parser, :meth:`spec`,
+    ``to_dict``/``from_dict`` and :func:`presets` (``--list-guidance``) are all derived from it.
 
-
-def cfg(w: float = PAPER_DEFAULTS["cfg"][0], drop: str | Collection[str] | None = None) -> Guidance:
-    """Classifier-free guidance (AudioMoG eq. 5): ``eps(null) + w (eps(c) - eps(null))``.
-
-    ``drop`` names the conditions nulled in the unconditional branch; the default drops all of them together
-    (joint multi-condition CFG, AV-Link).
+    ``variadic`` names a parameter that collects ``name=weight`` pairs (:func:`multi_cfg`'s condition weights).
+    Keyword parameters equal to their default are left out of specs and dicts.
     """
-    w = float(w)
-    drop = ALL if drop is None else drop
-    null = Branch.make("good", drop)
-    params: dict[str, Any] = {"w": w}
-    if null.drop != (ALL,):
-        params["drop"] = list(null.drop)
-    return _lin({GOOD_COND: w, null: 1.0 - w}, "cfg", params)
+
+    name: str
+    params: tuple[Param, ...]
+    build: Callable[..., Mapping[Branch, float]]
+    formula: str
+    source: str
+    variadic: str | None = None
+    aliases: tuple[str, ...] = ()
+    example: str | None = None  # a spec for presets() when the defaults do not make one
+
+    @property
+    def weights(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.kind == "weight")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Linear:
+        """The guidance for these parameters: weights by position or name (all of them, or none for the paper
+        defaults), other parameters by name."""
+        weights = self.weights
+        if not self.params and self.variadic is None and (args or kwargs):
+            raise ValueError(f"{self.name} takes no arguments")
+        if len(args) > len(weights):
+            raise ValueError(f"{self.name} takes at most {len(weights)} weights, got {len(args)}")
+        values: dict[str, Any] = dict(zip((p.name for p in weights), args, strict=False))
+        variadic: dict[str, float] = {}
+        for key, value in kwargs.items():
+            if key in values:
+                raise ValueError(f"{self.name}: {key} given twice")
+            if any(p.name == key for p in self.params):
+                values[key] = value
+            elif self.variadic is not None and key == self.variadic and isinstance(value, Mapping):
+                variadic.update(value)
+            elif self.variadic is not None:
+                variadic[key] = value
+            else:
+                known = ", ".join(p.name for p in self.params) or "no parameters"
+                raise ValueError(f"{self.name} takes {known}; got {key}")
+        given = [p.name for p in weights if p.name in values]
+        if given and len(given) != len(weights):
+            names = ", ".join(p.name for p in weights)
+            raise ValueError(f"{self.name} takes all {len(weights)} weights ({names}) or none for the paper "
+                             f"defaults; got {', '.join(given)}")  # fmt: skip
+        params = {p.name: p.check(values[p.name], self.name) if p.name in values else p.default for p in self.params}
+        if self.variadic is not None:
+            if not variadic:
+                raise ValueError(f"{self.name} needs at least one condition weight, e.g. {self.example}")
+            if ALL in variadic:
+                raise ValueError(f"{self.name} takes condition names; for all conditions at once use cfg(w)")
+            params[self.variadic] = {k: Param(k, None).check(v, self.name) for k, v in variadic.items()}
+        recorded = {k: v for k, v in params.items() if not self._omitted(k, v)}
+        coefficients = self.build(**params)
+        return Linear([(c, Term(b)) for b, c in coefficients.items()], preset=self.name, params=recorded)
+
+    def _omitted(self, key: str, value: Any) -> bool:
+        param = next((p for p in self.params if p.name == key), None)
+        return param is not None and param.kind != "weight" and value == param.default
+
+    def spec(self, params: Mapping[str, Any]) -> str:
+        """The spec string of a guidance built with ``params`` (as recorded by :meth:`__call__`)."""
+        args = [_fmt(params[p.name]) for p in self.weights]
+        if self.variadic is not None:
+            args += [f"{k}={_fmt(v)}" for k, v in params[self.variadic].items()]
+        for p in self.params:
+            if p.kind != "weight" and p.name in params:
+                v = params[p.name]
+                args.append(f"{p.name}={'+'.join(v) if isinstance(v, list) else v}")
+        return f"{self.name}({','.join(args)})" if args else self.name
+
+    def signature(self) -> str:
+        """``name(w1,w2,...)`` as listed by :func:`presets`."""
+        if self.example is not None:
+            return self.example
+        args = [p.name for p in self.weights]
+        return f"{self.name}({','.join(args)})" if args else self.name
+
+    def options(self) -> str:
+        """The keyword parameters and their values (``on=cond/null``), default first."""
+        return ", ".join(
+            f"{p.name}={'/'.join(p.choices)}" if p.kind == "choice" else f"{p.name}=a+b"
+            for p in self.params
+            if p.kind != "weight"
+        )
 
 
-def ag(w: float = PAPER_DEFAULTS["ag"][0], on: str = "cond") -> Guidance:
-    """Autoguidance (AudioMoG eq. 6): ``eps_bad(c) + w (eps(c) - eps_bad(c))``; ``on="null"`` uses the nulls."""
-    if on not in ("cond", "null"):
-        raise ValueError(f"ag(on=...) must be 'cond' or 'null', got {on!r}")
-    w = float(w)
+#: Every preset by name (:func:`preset` also resolves the aliases).
+PRESETS: dict[str, Preset] = {}
+_PRESET_ALIASES: dict[str, str] = {}
+#: Every operator (a form that wraps guidance expressions, e.g. ``interval``) by name.
+OPERATORS: dict[str, Operator] = {}
+
+
+def register_preset(p: Preset) -> Preset:
+    """Add a preset to :data:`PRESETS` (its name and aliases must be new)."""
+    for key in (p.name, *p.aliases):
+        if key in _PRESET_ALIASES or key in OPERATORS:
+            raise ValueError(f"guidance name {key!r} is already registered")
+        _PRESET_ALIASES[key] = p.name
+    PRESETS[p.name] = p
+    return p
+
+
+def preset(name: str) -> Preset:
+    """The registered preset for a name or alias."""
+    try:
+        return PRESETS[_PRESET_ALIASES[name]]
+    except KeyError:
+        raise ValueError(f"unknown guidance {name!r}; known: {', '.join([*PRESETS, *OPERATORS])}") from None
+
+
+def _weight(name: str, default: float, help: str = "") -> Param:
+    return Param(name, default, help=help)
+
+
+def none_coefficients() -> dict[Branch, float]:
+    """The conditional prediction of the good model."""
+    return {GOOD_COND: 1.0}
+
+
+def cfg_coefficients(w: float, drop: Collection[str] | None = None) -> dict[Branch, float]:
+    """AudioMoG eq. 5: ``eps(null) + w (eps(c) - eps(null))``; ``drop`` = the conditions nulled (default: all)."""
+    return {GOOD_COND: w, Branch.make("good", ALL if drop is None else drop): 1.0 - w}
+
+
+def ag_coefficients(w: float, on: str = "cond") -> dict[Branch, float]:
+    """AudioMoG eq. 6: ``eps_bad(c) + w (eps(c) - eps_bad(c))``; ``on="null"`` uses the null branches."""
     good, bad = (GOOD_COND, BAD_COND) if on == "cond" else (GOOD_NULL, BAD_NULL)
-    params: dict[str, Any] = {"w": w}
-    if on != "cond":
-        params["on"] = on
-    return _lin({good: w, bad: 1.0 - w}, "ag", params)
+    return {good: w, bad: 1.0 - w}
 
 
-def pg(w1: float = PAPER_DEFAULTS["pg"][0], w2: float = PAPER_DEFAULTS["pg"][1]) -> Guidance:
-    """Parallel MoG (AudioMoG eq. 10): ``eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))``."""
-    w1, w2 = float(w1), float(w2)
-    return _lin({GOOD_COND: w1 + w2, GOOD_NULL: 1.0 - w1, BAD_COND: -w2}, "pg", {"w1": w1, "w2": w2})
+def pg_coefficients(w1: float, w2: float) -> dict[Branch, float]:
+    """AudioMoG eq. 10: ``eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))``."""
+    return {GOOD_COND: w1 + w2, GOOD_NULL: 1.0 - w1, BAD_COND: -w2}
 
 
 def hg_coefficients(w1: float, w2: float, w3: float, order: str = "cfg") -> dict[Branch, float]:
@@ -431,6 +621,115 @@ def hg_coefficients(w1: float, w2: float, w3: float, order: str = "cfg") -> dict
     raise ValueError(f"HG order must be 'cfg' (eq. 9) or 'ag' (eq. 11), got {order!r}")
 
 
+def multi_cfg_coefficients(weights: Mapping[str, float], mode: str = "chain") -> dict[Branch, float]:
+    """CFG with one scale per condition, chained (InstructPix2Pix) or separate (leave-one-out); see
+    :func:`multi_cfg`."""
+    names = list(weights)
+    coeffs: dict[Branch, float] = {}
+
+    def add(b: Branch, c: float) -> None:
+        coeffs[b] = coeffs.get(b, 0.0) + c
+
+    if mode == "chain":
+        levels = [Branch.make("good", names[i:]) for i in range(len(names))] + [GOOD_COND]
+        add(levels[0], 1.0)
+        for i, n in enumerate(names):
+            add(levels[i + 1], weights[n])
+            add(levels[i], -weights[n])
+    else:
+        add(GOOD_COND, 1.0)
+        for n in names:
+            add(GOOD_COND, weights[n] - 1.0)
+            add(Branch.make("good", [n]), 1.0 - weights[n])
+    return coeffs
+
+
+register_preset(Preset("none", (), none_coefficients, "eps(c)", "no guidance"))
+register_preset(
+    Preset(
+        "cfg",
+        (
+            _weight("w", PAPER_DEFAULTS["cfg"][0], "guidance scale"),
+            Param("drop", None, "conditions", help="conditions dropped (default: all, AV-Link)"),
+        ),
+        cfg_coefficients,
+        "eps(null) + w (eps(c) - eps(null))",
+        "AudioMoG eq. 5",
+    )
+)
+register_preset(
+    Preset(
+        "ag",
+        (
+            _weight("w", PAPER_DEFAULTS["ag"][0], "autoguidance scale"),
+            Param("on", "cond", "choice", ("cond", "null"), "branches the two models are compared on"),
+        ),
+        ag_coefficients,
+        "eps_bad(c) + w (eps(c) - eps_bad(c))",
+        "AudioMoG eq. 6",
+    )
+)
+register_preset(
+    Preset(
+        "pg",
+        (_weight("w1", PAPER_DEFAULTS["pg"][0], "CFG scale"), _weight("w2", PAPER_DEFAULTS["pg"][1], "AG scale")),
+        pg_coefficients,
+        "eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))",
+        "AudioMoG eq. 10",
+    )
+)
+register_preset(
+    Preset(
+        "hg",
+        (
+            _weight("w1", PAPER_DEFAULTS["hg"][0]),
+            _weight("w2", PAPER_DEFAULTS["hg"][1]),
+            _weight("w3", PAPER_DEFAULTS["hg"][2]),
+            Param("order", "cfg", "choice", ("cfg", "ag"), "cfg: eq. 9, ag: eq. 11"),
+        ),
+        hg_coefficients,
+        "order=cfg: badCFG_w2 + w3 (CFG_w1 - badCFG_w2); order=ag: ucAG_w2 + w3 (cAG_w1 - ucAG_w2)",
+        "AudioMoG eqs. 9, 11",
+    )
+)
+register_preset(
+    Preset(
+        "multi_cfg",
+        (Param("mode", "chain", "choice", ("chain", "separate"), "chained or leave-one-out scales"),),
+        multi_cfg_coefficients,
+        "eps(null[a,b]) + w1 (eps(null[b]) - eps(null[a,b])) + w2 (eps(c) - eps(null[b]))",
+        "InstructPix2Pix / AV-Link",
+        variadic="weights",
+        aliases=("mcfg",),
+        example="multi_cfg(a=w1,b=w2)",
+    )
+)
+
+
+def none() -> Guidance:
+    """No guidance: the conditional prediction of the good model (1 NFE)."""
+    return PRESETS["none"]()
+
+
+def cfg(w: float = PAPER_DEFAULTS["cfg"][0], drop: str | Collection[str] | None = None) -> Guidance:
+    """Classifier-free guidance (AudioMoG eq. 5): ``eps(null) + w (eps(c) - eps(null))``.
+
+    ``drop`` names the conditions nulled in the unconditional branch; the default drops all of them together
+    (joint multi-condition CFG, AV-Link).
+    """
+    return PRESETS["cfg"](w, drop=drop)
+
+
+def ag(w: float = PAPER_DEFAULTS["ag"][0], on: str = "cond") -> Guidance:
+    """Autoguidance (AudioMoG eq. 6): ``eps_bad(c) + w (eps(c) - eps_bad(c))``; ``on="null"`` uses the nulls."""
+    return PRESETS["ag"](w, on=on)
+
+
+def pg(w1: float = PAPER_DEFAULTS["pg"][0], w2: float = PAPER_DEFAULTS["pg"][1]) -> Guidance:
+    """Parallel MoG (AudioMoG eq. 10): ``eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))``."""
+    return PRESETS["pg"](w1, w2)
+
+
 def hg(
     w1: float = PAPER_DEFAULTS["hg"][0],
     w2: float = PAPER_DEFAULTS["hg"][1],
@@ -443,11 +742,24 @@ def hg(
     between them at ``w3``. ``order="ag"`` (eq. 11): AG at ``w1`` on the conditional and ``w2`` on the
     unconditional branches, then CFG between them at ``w3``.
     """
-    w1, w2, w3 = float(w1), float(w2), float(w3)
-    params: dict[str, Any] = {"w1": w1, "w2": w2, "w3": w3}
-    if order != "cfg":
-        params["order"] = order
-    return _lin(hg_coefficients(w1, w2, w3, order), "hg", params)
+    return PRESETS["hg"](w1, w2, w3, order=order)
+
+
+def multi_cfg(weights: Mapping[str, float], mode: str = "chain") -> Guidance:
+    """CFG with one scale per named condition.
+
+    ``mode="chain"`` (InstructPix2Pix style), conditions in the given order ``c1..cn``::
+
+        eps(null[c1..cn]) + w1 (eps(null[c2..cn]) - eps(null[c1..cn])) + ... + wn (eps(cond) - eps(null[cn]))
+
+    ``mode="separate"`` (leave-one-out)::
+
+        eps(cond) + sum_i (w_i - 1) (eps(cond) - eps(null[c_i]))
+
+    Both use ``n + 1`` branches and reduce to :func:`cfg` for one condition. Conditions not named are never dropped.
+    For one scale on all conditions dropped together use ``cfg(w)``.
+    """
+    return PRESETS["multi_cfg"](weights=dict(weights), mode=mode)
 
 
 def hg_reorder(w1: float, w2: float, w3: float, order: str = "cfg") -> tuple[float, float, float]:
@@ -513,50 +825,6 @@ def mixture(
     return Linear(pairs)
 
 
-def multi_cfg(weights: Mapping[str, float], mode: str = "chain") -> Guidance:
-    """CFG with one scale per named condition.
-
-    ``mode="chain"`` (InstructPix2Pix style), conditions in the given order ``c1..cn``::
-
-        eps(null[c1..cn]) + w1 (eps(null[c2..cn]) - eps(null[c1..cn])) + ... + wn (eps(cond) - eps(null[cn]))
-
-    ``mode="separate"`` (leave-one-out)::
-
-        eps(cond) + sum_i (w_i - 1) (eps(cond) - eps(null[c_i]))
-
-    Both use ``n + 1`` branches and reduce to :func:`cfg` for one condition. Conditions not named are never dropped.
-    For one scale on all conditions dropped together use ``cfg(w)``.
-    """
-    if not weights:
-        raise ValueError("multi_cfg needs at least one condition weight")
-    names = list(weights)
-    if ALL in names:
-        raise ValueError("multi_cfg takes condition names; for all conditions at once use cfg(w)")
-    ws = [float(weights[n]) for n in names]
-    coeffs: dict[Branch, float] = {}
-
-    def add(b: Branch, c: float) -> None:
-        coeffs[b] = coeffs.get(b, 0.0) + c
-
-    if mode == "chain":
-        levels = [Branch.make("good", names[i:]) for i in range(len(names))] + [GOOD_COND]
-        add(levels[0], 1.0)
-        for i, w in enumerate(ws):
-            add(levels[i + 1], w)
-            add(levels[i], -w)
-    elif mode == "separate":
-        add(GOOD_COND, 1.0)
-        for n, w in zip(names, ws, strict=True):
-            add(GOOD_COND, w - 1.0)
-            add(Branch.make("good", [n]), 1.0 - w)
-    else:
-        raise ValueError(f"multi_cfg mode must be 'chain' or 'separate', got {mode!r}")
-    params: dict[str, Any] = {"weights": dict(zip(names, ws, strict=True))}
-    if mode != "chain":
-        params["mode"] = mode
-    return _lin(coeffs, "multi_cfg", params)
-
-
 def interval(inner: Guidance | str, lo: float, hi: float, fallback: Guidance | str | None = None) -> Guidance:
     """Apply ``inner`` only for noise levels in ``[lo, hi]``; ``fallback`` (default: no guidance) elsewhere."""
     inner_g = parse(inner) if isinstance(inner, str) else inner
@@ -569,31 +837,42 @@ def branch(key: str | Branch) -> Guidance:
     return Term(key)
 
 
-_PRESET_FACTORIES = {
-    "none": lambda p: none(),
-    "cfg": lambda p: cfg(p["w"], drop=p.get("drop")),
-    "ag": lambda p: ag(p["w"], on=p.get("on", "cond")),
-    "pg": lambda p: pg(p["w1"], p["w2"]),
-    "hg": lambda p: hg(p["w1"], p["w2"], p["w3"], order=p.get("order", "cfg")),
-    "multi_cfg": lambda p: multi_cfg(p["weights"], mode=p.get("mode", "chain")),
-}
+# ---------------------------------------------------------------------------------------------------------------
+# Operators: forms that wrap guidance expressions
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def _preset_spec(name: str, p: Mapping[str, Any]) -> str:
-    if name == "none":
-        return "none"
-    if name == "multi_cfg":
-        args = [f"{k}={_fmt(v)}" for k, v in p["weights"].items()]
-        if "mode" in p:
-            args.append(f"mode={p['mode']}")
-        return f"multi_cfg({','.join(args)})"
-    pos = {"cfg": ["w"], "ag": ["w"], "pg": ["w1", "w2"], "hg": ["w1", "w2", "w3"]}[name]
-    args = [_fmt(p[k]) for k in pos]
-    for k, v in p.items():
-        if k in pos:
-            continue
-        args.append(f"{k}={'+'.join(v) if isinstance(v, list) else v}")
-    return f"{name}({','.join(args)})"
+@dataclass(frozen=True)
+class Operator:
+    """A form of the spec language whose arguments include guidance expressions (``args``: ``"guidance"`` or
+    ``"number"`` per position; a trailing ``?`` makes it optional). Its guidance serialises itself."""
+
+    name: str
+    args: tuple[str, ...]
+    build: Callable[..., Guidance]
+    signature: str
+    formula: str
+    nfe: str
+
+
+def register_operator(op: Operator) -> Operator:
+    """Add an operator to :data:`OPERATORS` (its name must be new)."""
+    if op.name in OPERATORS or op.name in _PRESET_ALIASES:
+        raise ValueError(f"guidance name {op.name!r} is already registered")
+    OPERATORS[op.name] = op
+    return op
+
+
+register_operator(
+    Operator(
+        "interval",
+        ("guidance", "number", "number", "guidance?"),
+        interval,
+        "G@[lo,hi] or interval(G,lo,hi,F)",
+        "G for noise levels in [lo, hi], F (G@: none) elsewhere (Kynkaanniemi et al. 2024)",
+        "<= nfe(G)",
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -610,9 +889,8 @@ def from_dict(d: Mapping[str, Any]) -> Guidance:
         return Linear([(float(c), from_dict(g)) for c, g in d["terms"]])
     if kind == "interval":
         return Interval(from_dict(d["inner"]), d["lo"], d["hi"], from_dict(d["fallback"]))
-    if kind in _PRESET_FACTORIES:
-        params = {k: v for k, v in d.items() if k != "type"}
-        return _PRESET_FACTORIES[kind](params)
+    if kind in PRESETS:
+        return PRESETS[kind](**{k: v for k, v in d.items() if k != "type"})
     raise ValueError(f"unknown guidance type {kind!r} in {dict(d)}")
 
 
@@ -630,8 +908,8 @@ _TOKEN_RE = re.compile(
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<op>[()\[\],=+\-*@]))"
 )
-
-_FUNCS = ("none", "cfg", "ag", "pg", "hg", "multi_cfg", "mcfg", "interval")
+#: Deepest nesting of parentheses and calls a spec may use.
+MAX_DEPTH = 64
 
 
 class _Parser:
@@ -650,9 +928,11 @@ class _Parser:
             while pos < len(text) and text[pos].isspace():
                 pos += 1
         self.i = 0
+        self.depth = 0
 
     def error(self, msg: str) -> ValueError:
-        return ValueError(f"cannot parse guidance {self.text!r}: {msg}")
+        text = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        return ValueError(f"cannot parse guidance {text!r}: {msg}")
 
     def peek(self, value: str | None = None, kind: str | None = None) -> bool:
         if self.i >= len(self.toks):
@@ -667,6 +947,11 @@ class _Parser:
         self.i += 1
         return self.toks[self.i - 1][1]
 
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"nested deeper than {MAX_DEPTH} levels")
+
     def parse(self) -> Guidance:
         g = self.expr()
         if self.i != len(self.toks):
@@ -674,11 +959,7 @@ class _Parser:
         return g
 
     def expr(self) -> Guidance:
-        terms: list[tuple[float, Guidance]] = []
-        sign = -1.0 if self.peek("-") else 1.0
-        if self.peek("-") or self.peek("+"):
-            self.i += 1
-        terms.append(self.term(sign))
+        terms = [self.term(1.0)]
         while self.peek("+") or self.peek("-"):
             sign = 1.0 if self.take() == "+" else -1.0
             terms.append(self.term(sign))
@@ -688,10 +969,12 @@ class _Parser:
 
     def term(self, sign: float) -> tuple[float, Guidance]:
         coef = sign
+        while self.peek("-") or self.peek("+"):  # unary signs, as in "a+-0.2*b"
+            coef = -coef if self.take() == "-" else coef
         g: Guidance | None = None
         while True:
             if self.peek(kind="num"):
-                coef *= float(self.take())
+                coef *= self.finite(self.take())
             else:
                 if g is not None:
                     raise self.error("a product may hold only one guidance factor")
@@ -703,7 +986,14 @@ class _Parser:
             raise self.error("a number alone is not a guidance; write e.g. '0.5*cfg(3)'")
         return coef, g
 
+    def finite(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise self.error(f"number {text} is not finite")
+        return value
+
     def factor(self) -> Guidance:
+        self.enter()
         if self.peek("("):
             self.take("(")
             g = self.expr()
@@ -722,19 +1012,24 @@ class _Parser:
             self.take(",")
             hi = self.number()
             self.take("]")
-            g = Interval(g, lo, hi)
+            try:
+                g = Interval(g, lo, hi)
+            except ValueError as e:
+                raise self.error(str(e)) from None
+        self.depth -= 1
         return g
 
     def number(self) -> float:
         sign = -1.0 if self.peek("-") else 1.0
         if self.peek("-"):
             self.take("-")
-        return sign * float(self.take(kind="num"))
+        return sign * self.finite(self.take(kind="num"))
 
     def call(self) -> Guidance:
         name = self.take(kind="name").lower()
-        if name not in _FUNCS:
-            raise self.error(f"unknown guidance {name!r}; known: {', '.join(n for n in _FUNCS if n != 'mcfg')}")
+        op = OPERATORS.get(name)
+        if op is None and name not in _PRESET_ALIASES:
+            raise self.error(f"unknown guidance {name!r}; known: {', '.join([*PRESETS, *OPERATORS])}")
         pos: list[Any] = []
         kw: dict[str, Any] = {}
         if self.peek("("):
@@ -751,43 +1046,22 @@ class _Parser:
                             self.take("+")
                             vals.append(self.take(kind="name"))
                         kw[key] = vals if len(vals) > 1 or key == "drop" else vals[0]
-                elif name == "interval" and not pos:
-                    pos.append(self.expr())
-                elif name == "interval" and len(pos) == 3:
+                elif op is not None and len(pos) < len(op.args) and op.args[len(pos)].startswith("guidance"):
                     pos.append(self.expr())
                 else:
                     pos.append(self.number())
                 if not self.peek(")"):
                     self.take(",")
             self.take(")")
-        return self.build(name, pos, kw)
-
-    def build(self, name: str, pos: list[Any], kw: dict[str, Any]) -> Guidance:
         try:
-            if name == "none":
-                if pos or kw:
-                    raise TypeError("none takes no arguments")
-                return none()
-            if name in ("cfg", "ag", "pg", "hg") and not pos and not kw:
-                return {"cfg": cfg, "ag": ag, "pg": pg, "hg": hg}[name](*PAPER_DEFAULTS[name])
-            if name == "cfg":
-                return cfg(*pos, **kw)
-            if name == "ag":
-                return ag(*pos, **kw)
-            if name == "pg":
-                return pg(*pos, **kw)
-            if name == "hg":
-                return hg(*pos, **kw)
-            if name in ("multi_cfg", "mcfg"):
-                mode = kw.pop("mode", "chain")
-                if pos:
-                    raise TypeError("multi_cfg takes only name=weight arguments")
-                return multi_cfg({k: float(v) for k, v in kw.items()}, mode=mode)
-            if name == "interval":
-                return interval(*pos, **kw)
-        except TypeError as e:
-            raise self.error(f"bad arguments for {name}: {e}") from None
-        raise self.error(f"unknown guidance {name!r}")
+            if op is not None:
+                required = sum(not a.endswith("?") for a in op.args)
+                if not required <= len(pos) <= len(op.args) or kw:
+                    raise ValueError(f"{name} takes ({', '.join(op.args)}) arguments")
+                return op.build(*pos)
+            return preset(name)(*pos, **kw)
+        except (TypeError, ValueError) as e:
+            raise self.error(str(e)) from None
 
 
 def parse(spec: str | Guidance | Mapping[str, Any] | None) -> Guidance:
@@ -796,38 +1070,52 @@ def parse(spec: str | Guidance | Mapping[str, Any] | None) -> Guidance:
     Accepts ``"none"``, ``"cfg(4.5)"``, ``"cfg(4.5,drop=text)"``, ``"ag(2)"``, ``"pg(2.7,0.15)"``,
     ``"hg(2.7,2.5,1.2)"``, ``"hg(1.5,1.5,2,order=ag)"``, bare names (``"hg"`` = paper defaults),
     ``"multi_cfg(video=3,text=2)"``, intervals ``"cfg(4.5)@[0.2,0.8]"``, branch keys (``"bad:cond"``), linear
-    combinations ``"0.5*cfg(3)+0.5*ag(2)"``, a dict from :meth:`Guidance.to_dict`, or a guidance object.
+    combinations ``"0.5*cfg(3)+0.5*ag(2)"``, a dict from :meth:`Guidance.to_dict`, or a guidance object. Every
+    weight must be finite, and the result must evaluate at least one branch.
     """
     if isinstance(spec, Guidance):
         return spec
     if spec is None:
         return none()
     if isinstance(spec, Mapping):
-        return from_dict(spec)
+        return check_branches(from_dict(spec))
     text = str(spec).strip()
     if not text:
         raise ValueError("empty guidance spec")
     if text.startswith("{"):
-        return from_json(text)
-    return _Parser(text).parse()
+        return check_branches(from_json(text))
+    return check_branches(_Parser(text).parse(), text)
+
+
+def check_branches(g: Guidance, text: str | None = None) -> Guidance:
+    """``g``, or ``ValueError`` when every branch coefficient cancels (``0*cfg(3)``, ``cfg(3)-cfg(3)``)."""
+    if not g.all_branches:
+        raise ValueError(f"guidance {text or g.spec()!r} evaluates no branch: every coefficient is zero")
+    return g
 
 
 def presets() -> list[tuple[str, str, str]]:
-    """``(spec, formula, nfe)`` rows describing the built-in presets at their paper defaults."""
-    return [
-        ("none", "eps(c)", "1"),
-        ("cfg(w)", "eps(null) + w (eps(c) - eps(null))   [AudioMoG eq. 5]", "2"),
-        ("ag(w)", "eps_bad(c) + w (eps(c) - eps_bad(c))   [eq. 6]", "2"),
-        ("pg(w1,w2)", "eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))   [eq. 10]", "3"),
-        ("hg(w1,w2,w3)", "badCFG_w2 + w3 (CFG_w1 - badCFG_w2)   [eq. 9]", "4"),
-        ("hg(w1,w2,w3,order=ag)", "ucAG_w2 + w3 (cAG_w1 - ucAG_w2)   [eq. 11]", "4"),
-        (
-            "multi_cfg(a=w1,b=w2)",
-            "eps(null[a,b]) + w1 (eps(null[b]) - eps(null[a,b])) + w2 (eps(c) - eps(null[b]))",
-            "3",
-        ),
-        ("G@[lo,hi]", "G for noise level in [lo, hi], no guidance elsewhere", "<= nfe(G)"),
-    ]
+    """``(spec, formula [source; options], NFE per step)`` of every registered preset and operator
+    (``--list-guidance``)."""
+    rows = []
+    for p in PRESETS.values():
+        example = p(**{"a": 2.0, "b": 3.0}) if p.variadic else p()
+        note = p.source + (f"; {p.options()}" if p.options() else "")
+        rows.append((p.signature(), f"{p.formula}   [{note}]", str(example.nfe_per_step)))
+    rows += [(op.signature, op.formula, op.nfe) for op in OPERATORS.values()]
+    return rows
+
+
+def markdown_table() -> str:
+    """The README's table of presets and operators, generated from the registries (a test keeps them equal)."""
+    lines = ["| spec | options | formula | source | NFE per step |", "|---|---|---|---|---|"]
+    for p in PRESETS.values():
+        example = p(**{"a": 2.0, "b": 3.0}) if p.variadic else p()
+        options = f"`{p.options()}`" if p.options() else ""
+        lines.append(f"| `{p.signature()}` | {options} | {p.formula} | {p.source} | {example.nfe_per_step} |")
+    for op in OPERATORS.values():
+        lines.append(f"| `{op.signature}` | | {op.formula} | | {op.nfe} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
