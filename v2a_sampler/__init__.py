@@ -4,25 +4,30 @@ Public surface:
 
 * :mod:`v2a_sampler.denoisers`: the denoiser protocol (prediction types, schedules, ``from_fn``).
 * :mod:`v2a_sampler.guidance`: CFG, autoguidance, parallel/hierarchical mixture-of-guidance, mixtures,
-  multi-condition CFG, intervals; ``parse("hg(2.7,2.5,1.2)")``.
-* :mod:`v2a_sampler.solvers`: Euler, Heun, DPM++ 2M, DPM++ 2M SDE and ``sample()``.
-* :class:`Pipeline`: video in, soundtrack out (``Pipeline.from_pretrained()`` loads the embedded model).
+  multi-condition CFG, intervals; ``parse("hg(2.7,2.5,1.2)")``; the preset registry.
+* :mod:`v2a_sampler.solvers`: the solver registry (Euler, Euler ancestral, Heun, DPM++ 2M, DPM++ 2M SDE),
+  ``Sampler`` and ``sample()``.
+* :class:`Pipeline`: video in, soundtrack out (``Pipeline.from_pretrained()`` loads the embedded model);
+  :class:`MMAudioPipeline`, :class:`RunConfig` and the rest of :mod:`v2a_sampler.pipelines`.
 """
 
 from typing import Any
 
 from .core import denoisers, guidance, solvers
 from .core.denoisers import EDMSchedule, FlowSchedule, Prediction, VPSchedule, from_fn
-from .core.solvers import SampleInfo, sample
+from .core.solvers import SampleInfo, Sampler, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EDMSchedule",
-    "Pipeline",
     "FlowSchedule",
+    "MMAudioPipeline",
+    "Pipeline",
     "Prediction",
+    "RunConfig",
     "SampleInfo",
+    "Sampler",
     "VPSchedule",
     "denoisers",
     "from_fn",
@@ -32,11 +37,13 @@ __all__ = [
     "__version__",
 ]
 
+#: Names served from :mod:`v2a_sampler.pipelines` on first use (it pulls in video I/O and the model zoo).
+_LAZY = ("Pipeline", "MMAudioPipeline", "RunConfig")
+
 
 def __getattr__(name: str) -> Any:
-    # Pipeline pulls in video I/O and the model zoo; import it on first use only.
-    if name == "Pipeline":
-        from .pipelines.embedded import Pipeline
+    if name in _LAZY:
+        from . import pipelines
 
-        return Pipeline
+        return getattr(pipelines, name)
     raise AttributeError(f"module 'v2a_sampler' has no attribute {name!r}")

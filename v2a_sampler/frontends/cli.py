@@ -23,16 +23,11 @@ from rich.table import Table
 
 from .. import __version__
 from ..core import guidance as G
+from ..core import solvers
+from ..errors import error_line
+from ..pipelines.config import DTYPES, STEPS_WARN, ConfigError, RunConfig
+from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX
 
-EXIT_USAGE = 2  # bad arguments or inputs
-EXIT_RUNTIME = 1  # the run itself failed (model, numerics)
-#: Guidance of the embedded model when --guidance is not given (MMAudio pipelines use their own default).
-DEFAULT_GUIDANCE = "hg"
-#: Values of --dtype.
-DTYPES = ("float32", "float16", "bfloat16")
-#: ``--model`` prefix selecting an official MMAudio variant.
-MMAUDIO_PREFIX = "mmaudio:"
-MUX_SUFFIX = "_v2a"  # video.mp4 -> video_v2a.mp4
 GLOB_CHARS = "*?["
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
@@ -64,6 +59,17 @@ def _list_guidance() -> None:
     out.print(table)
     defaults = ", ".join(f"{k}({','.join(f'{v:g}' for v in vals)})" for k, vals in G.PAPER_DEFAULTS.items())
     out.print(f"Bare names use AudioMoG's V2A settings: {defaults}.", markup=False)
+
+
+def _list_solvers() -> None:
+    table = Table(title="Solvers (stages = model evaluations per step and branch)")
+    for col in ("solver", "aliases", "stages/step", "options", "what it is"):
+        table.add_column(col)
+    for s in solvers.SOLVERS.values():
+        opts = ", ".join(f"{o.name}={o.default:g} ({o.help})" for o in s.options) or "-"
+        table.add_row(s.name, ", ".join(s.aliases) or "-", str(s.stages_per_step), escape(opts),
+                      escape(f"{s.summary} ({s.source})"))  # fmt: skip
+    out.print(table)
 
 
 def _explain(g: G.Guidance) -> None:
@@ -162,8 +168,23 @@ def main(
             show_default=False,
         ),
     ] = None,
-    solver: Annotated[str, typer.Option(help="euler, heun, dpmpp_2m or dpmpp_2m_sde.")] = "euler",
-    steps: Annotated[int, typer.Option(min=1, help="Solver steps.")] = 25,
+    solver: Annotated[
+        str | None,
+        typer.Option(
+            help=f"One of {', '.join(solvers.SOLVERS)} (default: euler). See --list-solvers.", show_default=False
+        ),  # fmt: skip
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Solver steps (default: 25).", show_default=False)] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="Solver or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde; "
+            "griffin_lim_iters=32 for the embedded model).",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed; input i uses seed + i.")] = 0,
     out_path: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output .wav (one input) or folder (default: next to input).")
@@ -200,11 +221,12 @@ def main(
         bool, typer.Option("--compile", help="Sample through torch.compile-d networks (compiles once per length).")
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help=f"{', '.join(DTYPES[:-1])} or {DTYPES[-1]}.")] = "float32",
     spectrogram: Annotated[
         Path | None, typer.Option(help="Write a PNG of the generated log-mel (a folder for several inputs).")
     ] = None,
     list_guidance: Annotated[bool, typer.Option("--list-guidance", help="Show guidance presets and exit.")] = False,
+    list_solvers: Annotated[bool, typer.Option("--list-solvers", help="Show the solvers and exit.")] = False,
     explain: Annotated[
         bool, typer.Option("--explain", help="Print the branch coefficients and NFE of --guidance and exit.")
     ] = False,
@@ -233,98 +255,71 @@ def main(
     if list_guidance:
         _list_guidance()
         return
+    if list_solvers:
+        _list_solvers()
+        return
     try:
-        g = G.parse(guidance) if guidance is not None else None
+        config = RunConfig(model=model, bad_model=bad_model, device=device, dtype=dtype, compile=compile_model,
+                           guidance=guidance, solver=solver, steps=steps, seed=seed, duration=duration,
+                           options=_options(option))  # fmt: skip
         if explain:
-            g = g or G.parse(DEFAULT_GUIDANCE)
-            _explain(g)
+            _explain(G.parse(config.guidance or _default_guidance(config)))
             return
-        load = {"model": model, "bad_model": bad_model, "device": device, "dtype": dtype, "compile": compile_model}
+        if config.steps is not None and config.steps > STEPS_WARN:
+            err.print(f"warning: --steps {config.steps} is far beyond where quality saturates (a few dozen)",
+                      markup=False)  # fmt: skip
         text = {"prompt": prompt, "negative_prompt": negative_prompt}
         if manifest is not None:
             if prompt is not None or negative_prompt is not None:
                 raise CliError("with --manifest give prompts per row (column 'prompt'), not --prompt")
-            _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration,
-                          load, spectrogram, batch_size, fail_on_error, quiet)  # fmt: skip
+            _run_manifest(config, manifest, videos, out_path, out_dir, mux, overwrite, spectrogram, batch_size,
+                          fail_on_error, quiet)  # fmt: skip
             return
         if out_dir is not None:
             raise CliError("--out-dir goes with --manifest; for videos on the command line use --out")
         if not videos:
             raise CliError("no input video given (see v2a-sample --help)")
-        _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, load, text, spectrogram, quiet)
+        _run(config, videos, out_path, mux, overwrite, text, spectrogram, quiet)
     except CliError as e:
         err.print(f"error: {e}", markup=False)
         raise typer.Exit(e.code) from None
-    except ValueError as e:  # includes V2AInputError
-        err.print(f"error: {_first_line(e)}", markup=False)
+    except ValueError as e:  # includes V2AInputError and ConfigError
+        err.print(f"error: {error_line(e)}", markup=False)
         raise typer.Exit(EXIT_USAGE) from None
-    except (RuntimeError, FloatingPointError, OSError) as e:
-        err.print(f"error: {_first_line(e)}", markup=False)
+    except (RuntimeError, FloatingPointError, OSError) as e:  # includes PipelineLoadError
+        err.print(f"error: {error_line(e)}", markup=False)
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def _options(items: list[str] | None) -> dict[str, int | float]:
+    """``--option NAME=VALUE`` pairs (numbers) as a dict."""
+    out: dict[str, int | float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--option expects NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise ConfigError(f"--option {name.strip()} needs a number, got {value!r}") from None
+    return out
 
 
-def _check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise CliError(f"unknown dtype {dtype!r}; expected {', '.join(DTYPES[:-1])} or {DTYPES[-1]}")
+def _default_guidance(config: RunConfig) -> str:
+    """The default guidance of the pipeline ``config`` would load (without loading it)."""
+    from ..pipelines.embedded import Pipeline
+    from ..pipelines.mmaudio import MMAudioPipeline
+
+    return (MMAudioPipeline if config.is_mmaudio else Pipeline).default_guidance
 
 
-def _load_pipeline(model: str | None, bad_model: str | None, device: str, dtype: str, compile: bool,
-                   rank_device: int | None = None):  # fmt: skip
-    """The pipeline for ``--model`` / ``--bad-model`` (``mmaudio:VARIANT`` loads the official MMAudio files)."""
-    import torch
+def _load(config: RunConfig, rank_device: int | None = None):
+    from ..pipelines.loader import load_pipeline
 
-    from ..pipelines.embedded import MMAUDIO_REPO, Pipeline
-
-    _check_dtype(dtype)
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError:
-        raise CliError(f"unknown device {device!r}") from None
-    if torch_device.type == "cuda" and torch_device.index is None and rank_device is not None:
-        torch_device = torch.device("cuda", rank_device)  # one GPU per rank
-    torch_dtype = getattr(torch, dtype)
-    mm = model is not None and model.startswith(MMAUDIO_PREFIX)
-    mm_bad = bad_model is not None and bad_model.startswith(MMAUDIO_PREFIX)
-    if mm_bad and not mm:
-        raise CliError("--bad-model mmaudio:VARIANT needs an MMAudio --model (mmaudio:VARIANT)")
-    if mm and bad_model is not None and not mm_bad and bad_model.lower() != "none":
-        raise CliError("with an MMAudio --model the bad model is mmaudio:VARIANT")
-    try:
-        if mm:
-            bad_variant = bad_model.removeprefix(MMAUDIO_PREFIX) if mm_bad else None
-            variant = model.removeprefix(MMAUDIO_PREFIX)
-            pipe = Pipeline.from_pretrained(
-                MMAUDIO_REPO, variant=variant, bad_variant=bad_variant, device=torch_device, dtype=torch_dtype
-            )
-        else:
-            bad_arg: str | bool | None = False if (bad_model or "").lower() == "none" else bad_model
-            pipe = Pipeline.from_pretrained(model, bad=bad_arg, device=torch_device, dtype=torch_dtype)
-            pipe.model.to(torch_dtype)
-            if pipe.bad is not None:
-                pipe.bad.to(torch_dtype)
-    except (ValueError, RuntimeError) as e:
-        raise CliError(f"cannot load model {model or '(embedded)'}: {_first_line(e)}", EXIT_RUNTIME) from None
-    except Exception as e:  # corrupt weights surface as library-specific errors
-        raise CliError(f"cannot load model {model or '(embedded)'}: {type(e).__name__}: {_first_line(e)}",
-                       EXIT_RUNTIME) from None  # fmt: skip
-    if compile:
-        pipe.compile()
-    return pipe
+    return load_pipeline(config, rank_device)
 
 
-def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, load, text, spectrogram,
-         quiet) -> None:  # fmt: skip
-    from ..core import solvers
-    from .datagen import supports_text
-
-    solvers.solver_name(solver)  # validate before any work
-    if duration is not None and not duration > 0:
-        raise CliError(f"--duration must be positive, got {duration}")
+def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram, quiet) -> None:
     inputs = expand_inputs(videos)
     plans = plan_outputs(inputs, out_path, mux)
     pngs: list[Path] = []
@@ -335,15 +330,13 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, loa
             pngs = [spectrogram]
     _check_overwrite(plans, pngs, overwrite)
     t_load = time.perf_counter()
-    pipe = _load_pipeline(**load)
+    pipe = _load(config)
     text = {k: v for k, v in text.items() if v is not None}
-    if text and not supports_text(pipe):
-        raise CliError(f"model {load['model'] or '(embedded)'} has no text condition: --prompt/--negative-prompt "
+    if text and not pipe.supports_text:
+        raise CliError(f"model {config.model or '(embedded)'} has no text condition: --prompt/--negative-prompt "
                        "need one (e.g. --model mmaudio:large_44k_v2)")  # fmt: skip
-    g = G.resolve(g or getattr(pipe, "default_guidance", DEFAULT_GUIDANCE), pipe.model, pipe.bad)
+    plan = pipe.plan(config)
     load_s = time.perf_counter() - t_load
-    nfe = pipe.nfe(g, solver, steps)
-    stages = nfe // g.nfe_per_step
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -356,13 +349,12 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, loa
         files = progress.add_task("videos", total=len(inputs))
         for i, (src, (wav, mp4)) in enumerate(zip(inputs, plans, strict=True)):
             t0 = time.perf_counter()
-            task = progress.add_task(f"{src.name}", total=stages)
+            task = progress.add_task(f"{src.name}", total=plan.stages)
 
             def tick(_info, task=task):
                 progress.advance(task)
 
-            audio = pipe(src, guidance=g, solver=solver, steps=steps, seed=seed + i, duration=duration, callback=tick,
-                         **text)  # fmt: skip
+            audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick, **text)
             wav.parent.mkdir(parents=True, exist_ok=True)
             audio.save(wav, overwrite=overwrite)
             written = [wav]
@@ -371,21 +363,19 @@ def _run(videos, g, solver, steps, seed, out_path, mux, overwrite, duration, loa
                 written.append(mp4)
             if pngs:
                 pngs[i].parent.mkdir(parents=True, exist_ok=True)
-                _save_spectrogram(audio.mel, pngs[i], f"{src.name}  {g.spec()}", overwrite)
+                _save_spectrogram(audio.mel, pngs[i], f"{src.name}  {plan.guidance.spec()}", overwrite)
                 written.append(pngs[i])
             progress.remove_task(task)
             progress.advance(files)
             secs = time.perf_counter() - t0 + (load_s if i == 0 else 0.0)
             names = ", ".join(str(w) for w in written)
-            out.print(f"{src.name}: {g.spec()} {solver} x{steps}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}",
+            out.print(f"{src.name}: {plan.describe()}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}",
                       markup=False, soft_wrap=True)  # fmt: skip
 
 
-def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, mux, overwrite, duration, load,
-                  spectrogram, batch_size, fail_on_error, quiet) -> None:  # fmt: skip
+def _run_manifest(config: RunConfig, manifest, videos, out_path, out_dir, mux, overwrite, spectrogram, batch_size,
+                  fail_on_error, quiet) -> None:  # fmt: skip
     """``--manifest``: data-set scale generation (:mod:`v2a_sampler.datagen`), one process per torchrun rank."""
-
-    from ..core import solvers
     from . import datagen
 
     if videos:
@@ -396,16 +386,11 @@ def _run_manifest(manifest, videos, g, solver, steps, seed, out_path, out_dir, m
         raise CliError("--manifest needs --out-dir DIR")
     if spectrogram is not None:
         raise CliError("--spectrogram is not available with --manifest")
-    solvers.solver_name(solver)
-    _check_dtype(load["dtype"])  # before reading the manifest
-    if duration is not None and not duration > 0:
-        raise CliError(f"--duration must be positive, got {duration}")
     rows = datagen.read_manifest(manifest)  # before loading anything: a bad manifest fails fast
     info = datagen.dist_info()
-    pipe = _load_pipeline(**load, rank_device=info.local_rank if info.world_size > 1 else None)
-    g = g or getattr(pipe, "default_guidance", DEFAULT_GUIDANCE)
-    summary = datagen.run_manifest(rows, out_dir, pipe, guidance=g, solver=solver, steps=steps, seed=seed,
-                                   duration=duration, batch_size=batch_size, mux=mux, overwrite=overwrite,
+    pipe = _load(config, rank_device=info.local_rank if info.world_size > 1 else None)
+    pipe.plan(config)  # a setting that can never work fails here, before the first row
+    summary = datagen.run_manifest(rows, out_dir, pipe, config, batch_size=batch_size, mux=mux, overwrite=overwrite,
                                    progress=False if quiet else None,
                                    warn=lambda m: err.print(f"warning: {m}", markup=False))  # fmt: skip
     t = summary["totals"]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -46,9 +45,12 @@ from typing import Any
 
 import torch
 
-from ..core import guidance as G
+from ..errors import error_line
 from ..media import io
 from ..media.specs import DEFAULT_GL_ITERS
+from ..pipelines.base import RunPlan, V2APipeline
+from ..pipelines.config import RunConfig
+from .common import MUX_SUFFIX
 
 __all__ = [
     "LOG_PREFIX",
@@ -76,7 +78,6 @@ STATE_DIR = ".v2a"
 RUN_CONFIG_NAME = "run.json"
 LOG_PREFIX = "log.rank-"
 PART_PREFIX = "summary.rank-"
-MUX_SUFFIX = "_v2a"
 #: Hex digits of the row hash in default output names.
 HASH_DIGITS = 8
 #: Temporary files of :func:`v2a_sampler.media.io.atomic_output` are ``.<target name>.<random>.part``.
@@ -88,7 +89,18 @@ BUFFER_BATCHES = 4
 #: How long ranks wait for each other at the final barrier (ranks may finish hours apart on large manifests).
 BARRIER_TIMEOUT = _dt.timedelta(days=7)
 #: Run settings that must match to resume into an existing output folder.
-CONFIG_KEYS = ("model", "bad_model", "guidance", "solver", "steps", "seed", "duration", "dtype", "griffin_lim_iters")
+CONFIG_KEYS = (
+    "model",
+    "bad_model",
+    "guidance",
+    "solver",
+    "steps",
+    "seed",
+    "duration",
+    "dtype",
+    "griffin_lim_iters",
+    "options",
+)
 
 
 class ManifestError(io.V2AInputError):
@@ -354,14 +366,6 @@ def _barrier(device: torch.device, local_rank: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else ""
-    if isinstance(e, ValueError | RuntimeError | OSError | FloatingPointError) and text:
-        return text
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -410,20 +414,6 @@ def _clean_temp_files(folder: Path, targets: set[str], keep: set[str] | None = N
     return removed
 
 
-def supports_text(pipeline: Any) -> bool:
-    """Whether the pipeline's model has a ``text`` condition and its ``__call__`` takes ``prompt``."""
-    model = getattr(pipeline, "model", None)
-    return "text" in tuple(getattr(model, "condition_names", ())) and _accepts(pipeline, "prompt")
-
-
-def _accepts(pipeline: Any, argument: str) -> bool:
-    """Whether the pipeline's ``__call__`` takes ``argument``."""
-    try:
-        return argument in inspect.signature(pipeline.__call__).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _stderr_warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -432,18 +422,55 @@ def _stderr_warn(message: str) -> None:
 class _Pending:
     row: ManifestRow
     seed: int
-    frames: torch.Tensor
+    frames: Any
     duration: float
     load_s: float
+
+
+@dataclass
+class _Job:
+    """Everything one rank's run needs, passed down whole."""
+
+    manifest: Manifest
+    out_dir: Path
+    pipe: V2APipeline
+    config: RunConfig
+    plan: RunPlan
+    dist: DistInfo
+    device: torch.device
+    batch_size: int
+    mux: bool
+    overwrite: bool
+    progress: bool | None
+    on_row: Callable[[dict[str, Any]], None] | None
+    warn: Callable[[str], None]
+    tag: str = ""  # "[rank r] " in multi-process runs
+
+    @property
+    def text(self) -> bool:
+        return self.pipe.supports_text
+
+    def record(self) -> dict[str, Any]:
+        """The settings this folder's outputs are made with (``run.json``; resuming with others is an error)."""
+        return {
+            "model": _model_id(self.pipe.name),
+            "bad_model": self.pipe.bad is not None,
+            "guidance": self.plan.guidance.spec(),
+            "solver": self.plan.solver,
+            "steps": self.plan.steps,
+            "seed": self.config.seed,
+            "duration": self.config.duration,
+            "dtype": str(self.pipe.dtype).removeprefix("torch."),
+            "griffin_lim_iters": self.plan.pipeline_options.get("griffin_lim_iters", DEFAULT_GL_ITERS),
+            "options": dict(self.plan.sampler.options),
+        }
 
 
 class _Runner:
     """Generates one rank's rows: buffering by duration, batching, writing, recording."""
 
-    def __init__(self, pipeline, out_dir, gen_kwargs, batch_size, mux, text, on_row, warn, log_path, rank, advance):
-        self.pipe, self.out_dir, self.gen_kwargs = pipeline, out_dir, gen_kwargs
-        self.batch_size, self.mux, self.text = batch_size, mux, text
-        self.on_row, self.warn, self.log_path, self.rank, self.advance = on_row, warn, log_path, rank, advance
+    def __init__(self, job: _Job, log_path: Path, advance: Callable[[], None]) -> None:
+        self.job, self.log_path, self.advance = job, log_path, advance
         self.records: list[dict[str, Any]] = []
         self.buckets: dict[tuple, list[_Pending]] = {}
         if log_path.is_file() and log_path.stat().st_size:  # a killed run may have torn the last line
@@ -460,12 +487,12 @@ class _Runner:
             "video": row.source,
             "path": str(row.video),
             "name": row.default_name,
-            "outputs": output_names(row, self.mux),
+            "outputs": output_names(row, self.job.mux),
             "status": status,
             "seed": seed,
             "duration": row.duration,
             "prompt": row.prompt,
-            "rank": self.rank,
+            "rank": self.job.dist.rank,
             **({"extra": row.extra} if row.extra else {}),
         }
 
@@ -477,29 +504,29 @@ class _Runner:
                 f.flush()
                 os.fsync(f.fileno())
             if rec["status"] == "failed":
-                self.warn(f"row {rec['row']} ({rec['video']}) failed: {rec['error']}")
+                self.job.warn(f"{self.job.tag}row {rec['row']} ({rec['video']}) failed: {rec['error']}")
             self.advance()
-            if self.on_row is not None:
-                self.on_row(rec)
+            if self.job.on_row is not None:
+                self.job.on_row(rec)
 
     def fail(self, row: ManifestRow, seed: int, error: BaseException, seconds: float) -> None:
         rec = self.base_record(row, seed, "failed")
-        self.record({**rec, "error": _first_line(error), "seconds": round(seconds, 4)})
+        self.record({**rec, "error": error_line(error), "seconds": round(seconds, 4)})
 
-    def add(self, row: ManifestRow, seed: int, default_duration: float | None) -> None:
+    def add(self, row: ManifestRow, seed: int) -> None:
         t0 = time.perf_counter()
         try:
-            wanted = row.duration if row.duration is not None else default_duration
-            frames, dur = self.pipe.load_video(row.video, wanted)
+            wanted = row.duration if row.duration is not None else self.job.config.duration
+            frames, dur = self.job.pipe.load_video(row.video, wanted)
         except Exception as e:  # one bad video must not stop the run
             self.fail(row, seed, e, time.perf_counter() - t0)
             return
-        key = (round(dur, 6), len(frames), row.prompt if self.text else None)
+        key = (round(dur, 6), len(frames), row.prompt if self.job.text else None)
         bucket = self.buckets.setdefault(key, [])
         bucket.append(_Pending(row, seed, frames, dur, time.perf_counter() - t0))
-        if len(bucket) >= self.batch_size:
+        if len(bucket) >= self.job.batch_size:
             self.flush(key)
-        elif sum(len(b) for b in self.buckets.values()) >= BUFFER_BATCHES * self.batch_size:
+        elif sum(len(b) for b in self.buckets.values()) >= BUFFER_BATCHES * self.job.batch_size:
             self.flush(max(self.buckets, key=lambda k: len(self.buckets[k])))
 
     def flush_all(self) -> None:
@@ -513,12 +540,10 @@ class _Runner:
 
     def generate(self, items: list[_Pending]) -> None:
         t0 = time.perf_counter()
-        kwargs = dict(self.gen_kwargs)
-        if self.text and items[0].row.prompt is not None:
-            kwargs["prompt"] = items[0].row.prompt
+        prompt = items[0].row.prompt if self.job.text else None
         try:
-            outs = self.pipe([p.frames for p in items], duration=items[0].duration, seed=[p.seed for p in items],
-                             **kwargs)  # fmt: skip
+            outs = self.job.pipe.generate([p.frames for p in items], self.job.plan, seed=[p.seed for p in items],
+                                          duration=items[0].duration, prompt=prompt)  # fmt: skip
         except Exception as e:
             if len(items) > 1:  # find the row at fault: one at a time
                 for p in items:
@@ -529,11 +554,11 @@ class _Runner:
         share = (time.perf_counter() - t0) / len(items)
         for p, audio in zip(items, outs, strict=True):
             t1 = time.perf_counter()
-            names = output_names(p.row, self.mux)
+            names = output_names(p.row, self.job.mux)
             try:
-                audio.save(self.out_dir / names[0], overwrite=True)
-                if self.mux:
-                    audio.mux(p.row.video, self.out_dir / names[1], overwrite=True)
+                audio.save(self.job.out_dir / names[0], overwrite=True)
+                if self.job.mux:
+                    audio.mux(p.row.video, self.job.out_dir / names[1], overwrite=True)
             except Exception as e:
                 self.fail(p.row, p.seed, e, p.load_s + share + time.perf_counter() - t1)
                 continue
@@ -559,38 +584,48 @@ def _totals(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     }
 
 
+#: Keyword settings :func:`run_manifest` accepts besides a :class:`RunConfig` (they override its fields).
+_SETTINGS = ("guidance", "solver", "steps", "seed", "duration")
+
+
 def run_manifest(
     manifest: str | os.PathLike | Manifest | Sequence[ManifestRow],
     out_dir: str | os.PathLike,
-    pipeline: Any,
+    pipeline: V2APipeline,
+    config: RunConfig | None = None,
     *,
-    guidance: str | G.Guidance | None = None,
-    solver: str = "euler",
-    steps: int = 25,
-    seed: int = 0,
-    duration: float | None = None,
     batch_size: int = 1,
     mux: bool = False,
     overwrite: bool = False,
-    griffin_lim_iters: int = DEFAULT_GL_ITERS,
     progress: bool | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    griffin_lim_iters: int | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Generate every row of a manifest into ``out_dir``, skipping finished rows; returns the run summary.
 
-    ``pipeline`` is a :class:`~v2a_sampler.pipelines.embedded.Pipeline` or an MMAudio pipeline (one per process);
-    ``guidance`` defaults to the pipeline's own default (``hg`` for the embedded model, ``cfg(4.5)`` for MMAudio). Under
-    ``torchrun`` each rank generates its shard and rank 0 returns (and writes to ``out_dir/summary.json``) the
-    summary of all ranks; other ranks return their own part. ``duration`` is the default for rows without one
-    (``None``: the pipeline's default, the whole video for the embedded model and 8 s cut to the video for MMAudio).
-    ``on_row`` is called with each ``done``/``failed`` record after it is logged; ``warn`` receives warnings
-    (default: stderr). ``progress`` shows a progress bar (default: on rank 0 when stderr is a terminal).
+    ``pipeline`` is any :class:`~v2a_sampler.pipelines.base.V2APipeline` (one per process). The run's settings
+    are ``config`` (a :class:`~v2a_sampler.pipelines.config.RunConfig`; default: the pipeline's defaults) with
+    ``settings`` (``guidance``, ``solver``, ``steps``, ``seed``, ``duration``) and ``griffin_lim_iters`` applied on
+    top; they are resolved once for the pipeline before the first row. ``duration`` is the default for rows
+    without one (``None``: the pipeline's default, the whole video for the embedded model and 8 s cut to the
+    video for MMAudio). Under ``torchrun`` each rank generates its shard and rank 0 returns (and writes to
+    ``out_dir/summary.json``) the summary of all ranks; other ranks return their own part. ``on_row`` is called
+    with each ``done``/``failed`` record after it is logged; ``warn`` receives warnings (default: stderr).
+    ``progress`` shows a progress bar (default: on rank 0 when stderr is a terminal).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if duration is not None and not duration > 0:
-        raise ValueError(f"duration must be positive, got {duration}")
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise TypeError(f"run_manifest() got unexpected keyword argument(s) {', '.join(unknown)}")
+    config = config or RunConfig()
+    options = dict(config.options)
+    if griffin_lim_iters is not None:
+        options["griffin_lim_iters"] = griffin_lim_iters
+    config = config.replace(**settings, options=options)
+    plan = pipeline.plan(config)  # resolved once: a setting that can never work fails before the first row
     if isinstance(manifest, Manifest):
         man = manifest
     elif isinstance(manifest, str | os.PathLike):
@@ -599,14 +634,13 @@ def run_manifest(
         man = Manifest(None, list(manifest))
         if not man.rows:
             raise ManifestError("the manifest has no rows")
-    warn = warn or _stderr_warn
     info = dist_info()
     device = torch.device(getattr(pipeline, "device", "cpu"))
     own_group = _init_group(info, device)
-    tag = f"[rank {info.rank}] " if info.world_size > 1 else ""
+    job = _Job(man, Path(out_dir), pipeline, config, plan, info, device, batch_size, mux, overwrite, progress,
+               on_row, warn or _stderr_warn, f"[rank {info.rank}] " if info.world_size > 1 else "")  # fmt: skip
     try:
-        return _run(man, Path(out_dir), pipeline, info, device, tag, guidance, solver, steps, seed, duration,
-                    batch_size, mux, overwrite, griffin_lim_iters, progress, on_row, warn)  # fmt: skip
+        return _run(job)
     finally:
         if own_group:
             import torch.distributed as dist
@@ -614,62 +648,43 @@ def run_manifest(
             dist.destroy_process_group()
 
 
-def _run(man, out_dir, pipe, info, device, tag, guidance, solver, steps, seed, duration, batch_size, mux, overwrite,
-         gl_iters, progress, on_row, warn) -> dict[str, Any]:  # fmt: skip
+def _run(job: _Job) -> dict[str, Any]:
     started, t_start = _now(), time.perf_counter()
+    man, out_dir, info, mux = job.manifest, job.out_dir, job.dist, job.mux
     unique, duplicates = plan_rows(man.rows, man.path)
-    if guidance is None:
-        guidance = getattr(pipe, "default_guidance", "hg")
-    g = G.resolve(guidance, pipe.model, pipe.bad)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = out_dir / STATE_DIR
     state.mkdir(exist_ok=True)
-    config = {
-        "model": _model_id(getattr(pipe, "name", None)),
-        "bad_model": pipe.bad is not None,
-        "guidance": g.spec(),
-        "solver": solver,
-        "steps": steps,
-        "seed": seed,
-        "duration": duration,
-        "dtype": str(pipe.dtype).removeprefix("torch."),
-        "griffin_lim_iters": gl_iters,
-    }
-    _check_config(state, config, overwrite, info.rank)
+    config = job.record()
+    _check_config(state, config, job.overwrite, info.rank)
     part = state / f"{PART_PREFIX}{info.rank}.json"
     part.unlink(missing_ok=True)
 
+    seed = job.config.seed
     seeds = {r.index: (r.seed if r.seed is not None else seed + r.index) for r in unique}
     mine = shard(unique, info.rank, info.world_size)
     # leftovers of a killed run: each rank deletes its own rows' temporary files; rank 0 also the run's other ones
     all_names = {n for r in unique for n in output_names(r, mux)} if info.rank == 0 else None
     _clean_temp_files(out_dir, {n for r in mine for n in output_names(r, mux)}, all_names)
     _clean_temp_files(state, {part.name} | ({RUN_CONFIG_NAME} if info.rank == 0 else set()))
-    text = supports_text(pipe)
-    user_warn = warn
-    warn = (lambda m: user_warn(tag + m)) if tag else user_warn
-    if not text and info.rank == 0 and any(r.prompt for r in man.rows):
-        warn(f"the model has no text condition: prompts are recorded in {SUMMARY_NAME} but not used")
+    if not job.text and info.rank == 0 and any(r.prompt for r in man.rows):
+        job.warn(f"{job.tag}the model has no text condition: prompts are recorded in {SUMMARY_NAME} but not used")
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    show = progress if progress is not None else (info.rank == 0 and sys.stderr.isatty())
-    gen_kwargs = dict(guidance=g, solver=solver, steps=steps)
-    if _accepts(pipe, "griffin_lim_iters"):  # pipelines with a neural vocoder (MMAudio) have no Griffin-Lim
-        gen_kwargs["griffin_lim_iters"] = gl_iters
+    show = job.progress if job.progress is not None else (info.rank == 0 and sys.stderr.isatty())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=not show, transient=True) as bar:  # fmt: skip
-        pending = [r for r in mine if overwrite or not all((out_dir / n).is_file() for n in output_names(r, mux))]
-        task = bar.add_task(f"{tag}rows", total=len(pending))
-        runner = _Runner(pipe, out_dir, gen_kwargs, batch_size, mux, text, on_row, warn,
-                         state / f"{LOG_PREFIX}{info.rank}.jsonl", info.rank, lambda: bar.advance(task))  # fmt: skip
+        pending = [r for r in mine if job.overwrite or not all((out_dir / n).is_file() for n in output_names(r, mux))]
+        task = bar.add_task(f"{job.tag}rows", total=len(pending))
+        runner = _Runner(job, state / f"{LOG_PREFIX}{info.rank}.jsonl", lambda: bar.advance(task))
         todo = {r.index for r in pending}
         for r in mine:
             if r.index not in todo:
                 runner.record({**runner.base_record(r, seeds[r.index], "skipped"), "seconds": 0.0})
         for r in pending:
-            runner.add(r, seeds[r.index], duration)
+            runner.add(r, seeds[r.index])
         runner.flush_all()
     records = runner.records
     if info.rank == 0:
@@ -684,13 +699,13 @@ def _run(man, out_dir, pipe, info, device, tag, guidance, solver, steps, seed, d
     mine_part = {"rank": info.rank, "started": started, "finished": _now(), "wall_seconds": wall, "rows": records}
     if info.world_size > 1:
         _write_json(part, mine_part)
-        _barrier(device, info.local_rank)
+        _barrier(job.device, info.local_rank)
         if info.rank != 0:
-            return _summary(man, out_dir, config, info.world_size, batch_size, mux, [mine_part], started)
+            return _summary(man, out_dir, config, info.world_size, job.batch_size, mux, [mine_part], started)
         parts = [json.loads((state / f"{PART_PREFIX}{r}.json").read_text()) for r in range(info.world_size)]
     else:
         parts = [mine_part]
-    summary = _summary(man, out_dir, config, info.world_size, batch_size, mux, parts, started)
+    summary = _summary(man, out_dir, config, info.world_size, job.batch_size, mux, parts, started)
     _write_json(out_dir / SUMMARY_NAME, summary)
     return summary
 

@@ -42,12 +42,14 @@ import torch
 import typer
 from rich.console import Console
 
+from ..errors import error_line
 from ..media import io
 from ..metrics.classifier import TimbreClassifier, class_counts, load_classifier, window_embeddings
 from ..metrics.diversity import DIVERSITY_SPACES, diversity
 from ..metrics.frechet import frechet_distance
 from ..metrics.inputs import METRIC_SAMPLE_RATE, audible_events, prepare_audio
 from ..metrics.onsets import DEFAULT_TOLERANCE_S, OnsetCounts, onset_counts
+from .common import EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = [
     "CSV_NAME",
@@ -76,7 +78,6 @@ HASH_SUFFIX = re.compile(r"^(?P<stem>.+)-[0-9a-f]{8}$")
 #: Manifest-run statuses whose outputs exist.
 FINISHED = ("done", "skipped")
 
-EXIT_USAGE, EXIT_RUNTIME = 2, 1
 
 MetricValue = float | int | None
 
@@ -581,11 +582,6 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _list_metrics() -> None:
     for name, m in METRICS.items():
         _out.print(f"{name:<16}{m.scope:<6}{m.description}", markup=False)
@@ -637,10 +633,10 @@ def main(
                              classifier=classifier)  # fmt: skip
         paths = write_report(ev, out, overwrite)
     except ValueError as e:  # includes V2AInputError
-        _err.print(f"error: {_first_line(e)}", markup=False)
+        _err.print(f"error: {error_line(e)}", markup=False)
         raise typer.Exit(EXIT_USAGE) from None
     except (RuntimeError, OSError) as e:
-        _err.print(f"error: {_first_line(e)}", markup=False)
+        _err.print(f"error: {error_line(e)}", markup=False)
         raise typer.Exit(EXIT_RUNTIME) from None
     if not quiet:
         _out.print(markdown(ev), markup=False)

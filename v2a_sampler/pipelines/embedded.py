@@ -13,22 +13,20 @@ solvers and decodes them to a waveform of exactly the video's duration.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core import guidance as G
-from ..core import solvers
+from ..errors import error_line
 from ..media import io
 from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
 from ..models import from_pretrained as load_model
 from ..models import resolve_folder
 from ..models import save_pretrained as save_model
 from ..models.v2a_flow import V2AFlow
+from .base import RunPlan, V2APipeline, check_finite, seeded_noise
 
 if TYPE_CHECKING:
     from .mmaudio import MMAudioPipeline
@@ -38,51 +36,8 @@ BAD_SUBFOLDER = "bad"
 #: Frames are decoded at this multiple of the model's frame size (then area-resized by the model), matching how the
 #: training clips were rendered (96 px) and resized (32 px).
 READ_SCALE = 3
-#: Default solver and steps of the embedded model (Euler as in MMAudio's demo).
 #: The Hugging Face repo of the official MMAudio checkpoints (loaded by :class:`MMAudioPipeline`).
 MMAUDIO_REPO = "hkchengrex/MMAudio"
-DEFAULT_SOLVER = "euler"
-DEFAULT_STEPS = 25
-
-VideoInput = str | os.PathLike | torch.Tensor
-
-
-def item_seeds(seed: int | Sequence[int], n: int, what: str = "items") -> list[int]:
-    """One seed per item: ``seed + i`` for an int, else the given sequence (which must have ``n`` entries)."""
-    if isinstance(seed, int):
-        return [seed + i for i in range(n)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"{len(seeds)} seeds given for {n} {what}")
-    return seeds
-
-
-def seeded_noise(
-    shape: Sequence[int], seeds: Sequence[int], device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """Start noise ``[len(seeds), *shape]`` with row ``k`` drawn from ``seeds[k]`` alone (so a batch equals its
-    items one by one), and one generator per row on ``device`` for the SDE noise."""
-    noise = torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    return noise.to(device, dtype), [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-
-def check_finite(z: torch.Tensor) -> None:
-    """Raise :class:`FloatingPointError` if sampling produced NaN/inf values."""
-    if not torch.isfinite(z).all():
-        raise FloatingPointError("sampling produced NaN/inf values (check the guidance weights and dtype)")
-
-
-def nfe_per_clip(model: Any, bad: Any, guidance: str | G.Guidance | None, solver: str, steps: int) -> int:
-    """Network evaluations per clip for a guidance/solver/steps choice on ``model`` (and ``bad``)."""
-    g = G.resolve(guidance, model, bad)
-    ts = solvers.get_timesteps(model.schedule, steps)
-    return g.nfe_per_step * solvers.stages_per_sample(solver, ts.tolist(), model.schedule)
-
-
-def compile_networks(model: Any, bad: Any, backend: str = "inductor", mode: str | None = None) -> tuple[Any, Any]:
-    """``torch.compile`` wrappers of a good and an optional bad network (whole graphs, static shapes)."""
-    opts = {"backend": backend, "mode": mode, "fullgraph": True, "dynamic": False}
-    return torch.compile(model, **opts), (torch.compile(bad, **opts) if bad is not None else None)
 
 
 def embedded_model_path() -> Path:
@@ -90,36 +45,16 @@ def embedded_model_path() -> Path:
     return Path(str(resources.files("v2a_sampler") / "assets" / "v2a_default"))
 
 
-@dataclass
-class GeneratedAudio:
-    """A generated soundtrack: mono ``waveform`` ``[N]`` (float32 in [-1, 1]) at ``sample_rate``.
+class Pipeline(V2APipeline):
+    """The embedded V2A model (+ optional bad model) with its audio/video front and back ends.
 
-    ``mel`` is the generated log-mel ``[n_mels, frames]`` it was decoded from; ``info`` records the sampling run.
+    Defaults: AudioMoG's hierarchical MoG (``hg``) with the shipped bad model, 25 Euler steps, 48 Griffin-Lim
+    iterations (pipeline option ``griffin_lim_iters``).
     """
 
-    waveform: torch.Tensor
-    sample_rate: int
-    mel: torch.Tensor | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.waveform.shape[-1] / self.sample_rate
-
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write a WAV file atomically; refuses to overwrite unless ``overwrite``."""
-        io.write_wav(path, self.waveform, self.sample_rate, overwrite=overwrite)
-        return Path(path)
-
-    def mux(self, video: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write ``out``: the video stream of ``video`` with this soundtrack (AAC), atomically."""
-        io.mux(video, self.waveform, self.sample_rate, out, overwrite=overwrite)
-        return Path(out)
-
-
-class Pipeline:
-    """A V2A model (+ optional bad model) with its audio/video front and back ends."""
+    conditions = ("video",)
+    default_guidance = "hg"
+    pipeline_options = {"griffin_lim_iters": DEFAULT_GL_ITERS}
 
     def __init__(
         self,
@@ -147,15 +82,11 @@ class Pipeline:
         self.audio_spec: AudioSpec = model.audio_spec
         self.video_spec: VideoSpec = model.video_spec
         self.name = name
-        self._compiled: tuple[Any, Any] | None = None  # torch.compile wrappers used for sampling (see compile())
+        self._compiled = None  # torch.compile wrappers used for sampling (see compile())
 
-    def compile(self, backend: str = "inductor", mode: str | None = None) -> Pipeline:
-        """Sample through ``torch.compile``-d networks (static shapes; each new clip length compiles once).
-
-        The networks trace without graph breaks (``fullgraph=True``). Returns ``self``.
-        """
-        self._compiled = compile_networks(self.model, self.bad, backend, mode)
-        return self
+    @property
+    def sample_rate(self) -> int:
+        return self.audio_spec.sample_rate
 
     # -- loading and saving --------------------------------------------------------------------------------------
     @classmethod
@@ -189,7 +120,9 @@ class Pipeline:
             )
         root = embedded_model_path() if name_or_path is None else name_or_path
         model = load_model(root, device=device, dtype=dtype, **hub_kwargs)
-        bad_model = None
+        if not isinstance(model, V2AFlow):
+            raise ValueError(f"model at {root} is a {type(model).__name__}, not a V2A model")
+        bad_model, bad_where = None, None
         if bad is None or bad is True:
             try:  # the pipeline's own bad/ sub-folder; absent is fine unless bad=True asked for it
                 folder = resolve_folder(root, BAD_SUBFOLDER, **hub_kwargs)
@@ -198,14 +131,18 @@ class Pipeline:
                     raise
                 folder = None
             if folder is not None:
-                bad_model = load_model(folder, device=device, dtype=dtype)
+                bad_where = folder
+                bad_model = _load_bad(folder, device=device, dtype=dtype)
         elif bad is not False:
-            bad_model = load_model(bad, device=device, dtype=dtype, **hub_kwargs)
-        for m, what in ((model, "model"), (bad_model, "bad model")):
-            if m is not None and not isinstance(m, V2AFlow):
-                raise ValueError(f"{what} at {root} is a {type(m).__name__}, not a V2A model")
+            bad_where = bad
+            bad_model = _load_bad(bad, device=device, dtype=dtype, **hub_kwargs)
         dt = model.tok_in.weight.dtype
-        return cls(model, bad_model, device=device, dtype=dt, name=str(name_or_path or "embedded"))
+        try:
+            return cls(model, bad_model, device=device, dtype=dt, name=str(name_or_path or "embedded"))
+        except ValueError as e:
+            if bad_model is not None and str(e).startswith("bad model"):
+                raise RuntimeError(f"bad model {bad_where} does not fit model {root}: {e}") from None
+            raise
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the model (and the bad model in ``bad/``) so :meth:`from_pretrained` restores this pipeline."""
@@ -229,91 +166,32 @@ class Pipeline:
             raise io.V2AInputError(f"no frames could be read from {path}")
         return frames, dur
 
-    def _prepare(self, video: VideoInput, duration: float | None) -> tuple[torch.Tensor, float, str | None]:
-        if isinstance(video, torch.Tensor):
-            if video.ndim != 4 or video.shape[-1] != 3:
-                raise ValueError(f"a frames tensor must be [T, H, W, 3] at {self.video_spec.fps:g} fps")
-            dur = video.shape[0] / self.video_spec.fps if duration is None else float(duration)
-            return video, dur, None
-        frames, dur = self.load_video(video, duration)
-        return frames, dur, str(video)
+    def _frames_input(self, frames: Any, duration: float | None) -> tuple[torch.Tensor, float]:
+        if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"a frames tensor must be [T, H, W, 3] at {self.video_spec.fps:g} fps")
+        return frames, frames.shape[0] / self.video_spec.fps if duration is None else float(duration)
 
-    # -- generation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(
-        self,
-        video: VideoInput | Sequence[VideoInput],
-        guidance: str | G.Guidance | None = "hg",
-        solver: str = DEFAULT_SOLVER,
-        steps: int = DEFAULT_STEPS,
-        seed: int | Sequence[int] = 0,
-        duration: float | None = None,
-        griffin_lim_iters: int = DEFAULT_GL_ITERS,
-        callback: Callable[[dict[str, Any]], None] | None = None,
-        **sample_kwargs: Any,
-    ) -> GeneratedAudio | list[GeneratedAudio]:
-        """Generate a soundtrack for a video path, a frames tensor ``[T, H, W, 3]``, or a list of either.
+    def _group_key(self, item: Any) -> Any:
+        return (self.audio_spec.num_frames(item.duration), item.frames.shape[0])
 
-        A list is sampled in batches of equal length; item ``i`` uses seed ``seed + i`` (or ``seed[i]`` when ``seed``
-        is a sequence, one per item), so a batch gives the same audio as generating its items one by one.
-        ``guidance`` is any spec of :func:`v2a_sampler.guidance.parse`; ``"hg"``-type guidance needs the bad model
-        (the embedded model ships one).
-        """
-        single = isinstance(video, (str, os.PathLike, torch.Tensor))
-        items = [video] if single else list(video)
-        if not items:
-            raise ValueError("no video given")
-        seeds = item_seeds(seed, len(items), "videos")
-        g = G.resolve(guidance, self.model, self.bad)
-        prepared = [self._prepare(v, duration) for v in items]
-        results: list[GeneratedAudio | None] = [None] * len(items)
-        groups: dict[int, list[int]] = {}
-        for i, (frames, dur, _) in enumerate(prepared):
-            groups.setdefault(self.audio_spec.num_frames(dur) * 100_000 + frames.shape[0], []).append(i)
-        for idx in groups.values():
-            outs = self._generate_batch([prepared[i] for i in idx], [seeds[i] for i in idx], g, solver, steps,
-                                        griffin_lim_iters, callback, sample_kwargs)  # fmt: skip
-            for i, out in zip(idx, outs, strict=True):
-                results[i] = out
-        return results[0] if single else results  # type: ignore[return-value]
-
-    def _generate_batch(self, prepared, seeds, g, solver, steps, gl_iters, callback, sample_kwargs):
-        frames = torch.stack([p[0] for p in prepared]).to(self.device)
-        dur = prepared[0][1]
-        n_frames = self.audio_spec.num_frames(dur)
+    def _sample(self, items: list, plan: RunPlan, callback: Any) -> tuple[list, list, Any]:
+        frames = torch.stack([item.frames for item in items]).to(self.device)
+        n_frames = self.audio_spec.num_frames(items[0].duration)
         cond = self.model.encode_conditions({"video": frames})
-        bad_cond = (
-            self.bad.encode_conditions({"video": frames}) if (self.bad is not None and g.needs_bad_model) else None
-        )
+        needs_bad = self.bad is not None and plan.guidance.needs_bad_model
+        bad_cond = self.bad.encode_conditions({"video": frames}) if needs_bad else None
+        seeds = [item.seed for item in items]
         noise, gens = seeded_noise((self.audio_spec.n_mels, n_frames), seeds, self.device, self.dtype)
-        model, bad = self._compiled or (self.model, self.bad)
-        z, info = solvers.sample(
-            model,
-            noise,
-            cond,
-            guidance=g,
-            bad=bad if g.needs_bad_model else None,
-            bad_cond=bad_cond,
-            solver=solver,
-            steps=steps,
-            generator=gens,
-            callback=callback,
-            **sample_kwargs,
-        )
+        z, info = plan.sampler(noise, cond, bad_cond=bad_cond, generator=gens, callback=callback)
         check_finite(z)
-        out = []
-        for k, (_, item_dur, src) in enumerate(prepared):
-            num_samples = int(round(item_dur * self.audio_spec.sample_rate))
-            wave = self.audio_spec.decode(z[k].float().cpu(), num_samples=num_samples, n_iter=gl_iters, seed=seeds[k])
-            meta = {**info.to_dict(), "seed": seeds[k], "duration": item_dur, "model": self.name}
-            meta.pop("timesteps", None)
-            mel = self.audio_spec.denormalize(z[k].float().cpu())
-            out.append(GeneratedAudio(wave, self.audio_spec.sample_rate, mel, meta, src))
-        return out
-
-    def nfe(self, guidance: str | G.Guidance | None = "hg", solver: str = DEFAULT_SOLVER, steps: int = DEFAULT_STEPS):
-        """Network evaluations per clip for a guidance/solver/steps choice."""
-        return nfe_per_clip(self.model, self.bad, guidance, solver, steps)
+        waves, mels = [], []
+        for k, item in enumerate(items):
+            num_samples = int(round(item.duration * self.audio_spec.sample_rate))
+            z_k = z[k].float().cpu()
+            iters = plan.pipeline_options["griffin_lim_iters"]
+            waves.append(self.audio_spec.decode(z_k, num_samples=num_samples, n_iter=iters, seed=item.seed))
+            mels.append(self.audio_spec.denormalize(z_k))
+        return waves, mels, info
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -321,3 +199,16 @@ class Pipeline:
             f"Pipeline({self.name}, {n / 1e6:.2f}M params, bad={'yes' if self.bad is not None else 'no'}, "
             f"{self.audio_spec.sample_rate} Hz, {self.video_spec.fps:g} fps, device={self.device})"
         )
+
+
+def _load_bad(where: str | os.PathLike, **kwargs: Any) -> V2AFlow:
+    """A bad model, with errors that name its own path."""
+    try:
+        bad = load_model(where, **kwargs)
+    except Exception as e:  # corrupt weights surface as library-specific errors
+        message = error_line(e)
+        message = f"bad model: {message}" if str(where) in message else f"cannot load bad model {where}: {message}"
+        raise (ValueError if isinstance(e, ValueError) else RuntimeError)(message) from e
+    if not isinstance(bad, V2AFlow):
+        raise ValueError(f"bad model at {where} is a {type(bad).__name__}, not a V2A model")
+    return bad
