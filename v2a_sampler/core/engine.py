@@ -183,6 +183,10 @@ class GuidedDenoiser:
         """Every role's branch outputs for its drop sets (``t`` a 0-d tensor), and the number of forwards run."""
         outs: dict[str, list[torch.Tensor]] = {role: [] for role in ROLES}
         active = [role for role in ROLES if drops[role]]
+        if len(active) == 2 and self.batch_branches and getattr(self.bad, "perturbation_of", None) is self.model:
+            merged = self._forward_perturbed(x, t, drops)
+            if merged is not None:
+                return merged, 1
         if self.stack is not None and len(active) == 2 and len(drops["good"]) == len(drops["bad"]):
             stacked = self._forward_stacked(x, t, [drops[r] for r in ROLES])
             if stacked is not None:
@@ -232,6 +236,36 @@ class GuidedDenoiser:
             step = GuidedStep(x, float(t), level, terms, self.model.prediction, self.state)
             guided = self.guidance.combine(by_branch, step).to(x.dtype)
         return to_x0(self.model.prediction, x, guided, terms)
+
+    def _forward_perturbed(
+        self, x: torch.Tensor, t: torch.Tensor, drops: dict[str, list[frozenset[str]]]
+    ) -> dict[str, list[torch.Tensor]] | None:
+        """The good branches and the branches of a bad model that is a perturbation of the good one (it declares
+        ``perturbation_of`` and ``rows(mask)``) in one forward of the shared network, perturbed only on the bad
+        rows; None when the conditions do not stack."""
+        assert self.bad is not None
+        batch, kg, kb = x.shape[0], len(drops["good"]), len(drops["bad"])
+        key = ("perturbed", tuple(tuple(tuple(sorted(d)) for d in drops[r]) for r in ROLES), tuple(x.shape),
+               x.dtype, str(x.device))  # fmt: skip
+        if key not in self._conds:  # built (and prepared) once per engine, as the per-model conditions are
+            conds = [self._branch_cond(self.model, self.cond, d) for d in drops["good"]]
+            conds += [self._branch_cond(self.bad, self.bad_cond, d) for d in drops["bad"]]
+            stacked = self.model.batch_conditions(conds, batch) if hasattr(self.model, "batch_conditions") else None
+            if stacked is None or stacked is NotImplemented:
+                self._conds[key] = (False, None)
+            else:
+                xs = x.repeat(kg + kb, *([1] * (x.ndim - 1)))
+                prepare = getattr(self.model, "prepare_conditions", None)
+                rows = torch.arange(batch * (kg + kb), device=x.device) >= batch * kg
+                self._conds[key] = (True, (prepare(stacked, xs) if prepare is not None else stacked, rows))
+        ok, payload = self._conds[key]
+        if not ok:
+            return None
+        cond, rows = payload
+        xs = x.repeat(kg + kb, *([1] * (x.ndim - 1)))
+        with self.bad.rows(rows):
+            out = list(self.model(xs, t.repeat(batch * (kg + kb)), cond).split(batch, dim=0))
+        return {"good": out[:kg], "bad": out[kg:]}
 
     def _forward_stacked(
         self, x: torch.Tensor, t: torch.Tensor, drops: list[list[frozenset[str]]]

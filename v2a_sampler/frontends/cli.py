@@ -207,7 +207,9 @@ def main(
     bad_model: Annotated[
         str | None,
         typer.Option(
-            help="Bad model folder/repo id, or mmaudio:VARIANT with an MMAudio --model; 'none' disables "
+            help="Bad model folder/repo id, mmaudio:VARIANT with an MMAudio --model, or a perturbed version of the "
+            "model itself: perturb:skip=2 (skipped block), perturb:identity=1 (identity attention, PAG), "
+            "perturb:attn_dropout=0.1, perturb:blur=2 (SEG), perturb:dropout=0.1; 'none' disables "
             "(default: the model's bad/)."
         ),
     ] = None,

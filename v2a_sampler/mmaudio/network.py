@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.denoisers import Cond, FlowSchedule, Prediction
-from ..models.base import DenoiserModule
+from ..models.base import AttentionCore, DenoiserModule
 from ..models.registry import register_architecture
 
 CONDITIONS = ("clip", "sync", "text")
@@ -193,8 +193,8 @@ class Attention(nn.Module):
         return q, k, v
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
+def _attend(core: AttentionCore, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    out = core(q.contiguous(), k.contiguous(), v.contiguous())
     return out.transpose(1, 2).flatten(2)
 
 
@@ -210,6 +210,7 @@ class StreamBlock(nn.Module):
         self.pre_only = pre_only
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.attn = Attention(dim, heads)
+        self.attend = AttentionCore()  # parameterless: where attention perturbations hook in
         if not pre_only:
             if kernel_size == 1:
                 self.linear1 = nn.Linear(dim, dim)
@@ -233,7 +234,7 @@ class StreamBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope) -> torch.Tensor:
         qkv, mod = self.pre(x, c, rope)
-        return self.post(x, _attend(*qkv), mod)
+        return self.post(x, _attend(self.attend, *qkv), mod)
 
 
 class JointBlock(nn.Module):
@@ -251,7 +252,7 @@ class JointBlock(nn.Module):
         c_qkv, c_mod = self.clip_block.pre(clip, global_c, clip_rope)
         t_qkv, t_mod = self.text_block.pre(text, global_c, None)
         n_lat, n_clip = latent.shape[1], clip.shape[1]
-        out = _attend(*(torch.cat([x_qkv[i], c_qkv[i], t_qkv[i]], dim=2) for i in range(3)))
+        out = _attend(self.latent_block.attend, *(torch.cat([x_qkv[i], c_qkv[i], t_qkv[i]], dim=2) for i in range(3)))
         latent = self.latent_block.post(latent, out[:, :n_lat], x_mod)
         if not self.pre_only:
             clip = self.clip_block.post(clip, out[:, n_lat : n_lat + n_clip], c_mod)
@@ -540,6 +541,13 @@ class MMAudio(DenoiserModule):
             h = blk(h, extended_c, latent_rope)
         # the official network conditions its final layer on global_c (not extended_c); kept for compatibility
         return self.final_layer(h, global_c).to(x.dtype)
+
+    def perturbation_sites(self) -> dict[str, list[nn.Module]]:
+        """Where :mod:`~v2a_sampler.models.perturb` may perturb this network: its blocks, joint blocks first then
+        the fused (audio-only) ones, and their attention cores (a joint block's joint attention is one site)."""
+        blocks = [*self.joint_blocks, *self.fused_blocks]
+        cores = [j.latent_block.attend for j in self.joint_blocks] + [f.attend for f in self.fused_blocks]
+        return {"blocks": blocks, "attention": cores}
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())

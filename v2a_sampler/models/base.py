@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.denoisers import Cond, FlowSchedule, Prediction, Schedule, check_drop
@@ -109,3 +110,12 @@ def time_from_noise_level(schedule: Schedule, level: torch.Tensor) -> torch.Tens
         return level if schedule.noise_at == 1.0 else 1.0 - level
     vals = [schedule.t_from_noise_level(float(v)) for v in level.detach().flatten().cpu().tolist()]
     return torch.tensor(vals, dtype=level.dtype, device=level.device).reshape(level.shape)
+
+
+class AttentionCore(nn.Module):
+    """Scaled dot-product attention ``softmax(q k^T / sqrt(d)) v`` on ``[B, heads, tokens, d]`` tensors, as a
+    parameterless module: the place where :mod:`v2a_sampler.models.perturb` hooks attention perturbations
+    (identity attention, attention dropout, blurred queries). Adding it changes no checkpoint key."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v)

@@ -94,5 +94,9 @@ class ToyMLP(DenoiserModule):
             h = layer(nn.functional.silu(h))
         return self.out(nn.functional.silu(h)).to(x.dtype)
 
+    def perturbation_sites(self) -> dict[str, list[nn.Module]]:
+        """Where :mod:`~v2a_sampler.models.perturb` may perturb this network: its hidden layers (no attention)."""
+        return {"blocks": list(self.hidden), "attention": []}
+
 
 register_architecture("mlp", ToyMLP)

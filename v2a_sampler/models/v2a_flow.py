@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.denoisers import Cond, FlowSchedule, Prediction
 from ..media.specs import AudioSpec, VideoSpec
-from .base import DenoiserModule
+from .base import AttentionCore, DenoiserModule
 from .registry import register_architecture
 
 #: Key of the per-row "condition kept" mask used when branches are stacked into one batch.
@@ -98,6 +98,7 @@ class Block(nn.Module):
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.attend = AttentionCore()
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         hidden = int(dim * mlp_ratio)
@@ -112,7 +113,7 @@ class Block(nn.Module):
         h = h + self.local(h.transpose(1, 2)).transpose(1, 2)  # local order (there are no absolute positions)
         y = self.norm1(h) * (1 + s1) + b1
         q, k, v = self.qkv(y).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        a = self.attend(q, k, v).transpose(1, 2).flatten(2)
         h = h + g1 * self.proj(a)
         y = self.norm2(h) * (1 + s2) + b2
         return h + g2 * self.mlp(y)
@@ -262,6 +263,11 @@ class V2AFlow(DenoiserModule):
         out = self.tok_out(self.norm_out(h) * (1 + scale) + shift)  # B N (mels*patch)
         out = out.unflatten(-1, (self.n_mels, self.patch)).permute(0, 2, 1, 3).flatten(2)
         return out[..., :frames].to(x.dtype)
+
+    def perturbation_sites(self) -> dict[str, list[nn.Module]]:
+        """Where :mod:`~v2a_sampler.models.perturb` may perturb this network: its transformer blocks (``h -> h``)
+        and their attention cores."""
+        return {"blocks": list(self.blocks), "attention": [b.attend for b in self.blocks]}
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())

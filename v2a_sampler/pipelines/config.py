@@ -20,6 +20,8 @@ import torch
 
 from ..core import guidance as G
 from ..core.solvers import get_solver
+from ..models.perturb import Perturbation
+from ..models.perturb import is_spec as is_perturbation
 
 #: Values of ``dtype``.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -43,8 +45,9 @@ class RunConfig:
 
     Attributes:
         model: ``None`` (the embedded model), a pipeline folder, a Hugging Face repo id, or ``mmaudio:VARIANT``.
-        bad_model: ``None`` (the model's own bad model, if it has one), ``"none"``, a folder or repo id, or
-            ``mmaudio:VARIANT`` with an MMAudio ``model``.
+        bad_model: ``None`` (the model's own bad model, if it has one), ``"none"``, a folder or repo id,
+            ``mmaudio:VARIANT`` with an MMAudio ``model``, or ``perturb:...`` for a perturbed version of the model
+            itself (:mod:`v2a_sampler.models.perturb`, e.g. ``perturb:skip=2``).
         device, dtype: where and in which precision the networks run (``float32``, ``float16``, ``bfloat16``).
         compile: sample through ``torch.compile``-d networks.
         guidance, solver, steps: ``None`` for the pipeline's defaults.
@@ -85,8 +88,13 @@ class RunConfig:
         mm, mm_bad = self.is_mmaudio, _is_mmaudio(self.bad_model)
         if mm_bad and not mm:
             raise ConfigError("bad model mmaudio:VARIANT needs an MMAudio --model (mmaudio:VARIANT)")
-        if mm and self.bad_model is not None and not mm_bad and self.bad_model.lower() != NO_BAD_MODEL:
-            raise ConfigError("with an MMAudio model the bad model is mmaudio:VARIANT")
+        if is_perturbation(self.bad_model):
+            try:
+                Perturbation.parse(self.bad_model)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif mm and self.bad_model is not None and not mm_bad and self.bad_model.lower() != NO_BAD_MODEL:
+            raise ConfigError("with an MMAudio model the bad model is mmaudio:VARIANT or perturb:...")
         for spec in (self.model, self.bad_model):
             if _is_mmaudio(spec):
                 from ..mmaudio.network import VARIANTS

@@ -25,6 +25,8 @@ from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
 from ..models import from_pretrained as load_model
 from ..models import resolve_folder
 from ..models import save_pretrained as save_model
+from ..models.perturb import PerturbedDenoiser, perturbed
+from ..models.perturb import is_spec as is_perturbation
 from ..models.v2a_flow import V2AFlow
 from .base import RunPlan, V2APipeline, check_finite, seeded_noise
 
@@ -59,7 +61,7 @@ class Pipeline(V2APipeline):
     def __init__(
         self,
         model: V2AFlow,
-        bad: V2AFlow | None = None,
+        bad: V2AFlow | PerturbedDenoiser | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         name: str | None = None,
@@ -68,7 +70,10 @@ class Pipeline(V2APipeline):
             raise TypeError(f"Pipeline needs a V2AFlow model, got {type(model).__name__}")
         if model.audio_spec is None or not model.audio_spec.mel_mean or model.video_spec is None:
             raise ValueError("model has no audio/video spec with normalisation statistics; not a pipeline model")
-        if bad is not None:
+        if isinstance(bad, PerturbedDenoiser):
+            if bad.perturbation_of is not model:
+                raise ValueError("a perturbed bad model must perturb this pipeline's model (perturbed(model, ...))")
+        elif bad is not None:
             if not isinstance(bad, V2AFlow):
                 raise TypeError(f"bad model must be a V2AFlow, got {type(bad).__name__}")
             mine, theirs = model.arch_kwargs, bad.arch_kwargs
@@ -103,7 +108,8 @@ class Pipeline(V2APipeline):
         """Load a pipeline folder or Hugging Face repo id (``None``: the embedded model).
 
         ``bad``: ``None`` loads the ``bad/`` sub-folder when present, a path or repo id loads that model,
-        ``False`` loads none.
+        ``"perturb:..."`` makes a perturbed version of the model (:func:`v2a_sampler.models.perturb.perturbed`, e.g.
+        ``"perturb:skip=2"``), ``False`` loads none.
 
         ``"hkchengrex/MMAudio"`` (or any ``variant``) loads the official MMAudio checkpoints instead:
         ``Pipeline.from_pretrained("hkchengrex/MMAudio", variant="large_44k_v2", bad_variant="small_44k")``
@@ -113,10 +119,10 @@ class Pipeline(V2APipeline):
         if str(name_or_path) == MMAUDIO_REPO or variant is not None or bad_variant is not None:
             from .mmaudio import MMAudioPipeline
 
-            if bad is not None:
-                raise ValueError("for MMAudio pass the bad model as bad_variant=..., not bad=...")
+            if bad is not None and not is_perturbation(bad):
+                raise ValueError("for MMAudio pass the bad model as bad_variant=... (or bad='perturb:...')")
             return MMAudioPipeline.from_pretrained(
-                variant or "large_44k_v2", bad_variant, device=device, dtype=dtype, **hub_kwargs
+                variant or "large_44k_v2", bad_variant, perturbation=bad, device=device, dtype=dtype, **hub_kwargs
             )
         root = embedded_model_path() if name_or_path is None else name_or_path
         model = load_model(root, device=device, dtype=dtype, **hub_kwargs)
@@ -133,6 +139,8 @@ class Pipeline(V2APipeline):
             if folder is not None:
                 bad_where = folder
                 bad_model = _load_bad(folder, device=device, dtype=dtype)
+        elif is_perturbation(bad):
+            bad_model = perturbed(model, str(bad))
         elif bad is not False:
             bad_where = bad
             bad_model = _load_bad(bad, device=device, dtype=dtype, **hub_kwargs)
@@ -147,7 +155,7 @@ class Pipeline(V2APipeline):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the model (and the bad model in ``bad/``) so :meth:`from_pretrained` restores this pipeline."""
         out = save_model(self.model, folder)
-        if self.bad is not None:
+        if self.bad is not None and not isinstance(self.bad, PerturbedDenoiser):  # a perturbation has no weights
             save_model(self.bad, Path(folder) / BAD_SUBFOLDER)
         return out
 
@@ -179,7 +187,10 @@ class Pipeline(V2APipeline):
         n_frames = self.audio_spec.num_frames(items[0].duration)
         cond = self.model.encode_conditions({"video": frames})
         needs_bad = self.bad is not None and plan.guidance.needs_bad_model
-        bad_cond = self.bad.encode_conditions({"video": frames}) if needs_bad else None
+        if needs_bad and isinstance(self.bad, PerturbedDenoiser):
+            bad_cond = cond  # the same network encodes the same conditions
+        else:
+            bad_cond = self.bad.encode_conditions({"video": frames}) if needs_bad else None
         seeds = [item.seed for item in items]
         noise, gens = seeded_noise((self.audio_spec.n_mels, n_frames), seeds, self.device, self.dtype)
         z, info = plan.sampler(noise, cond, bad_cond=bad_cond, generator=gens, callback=callback)

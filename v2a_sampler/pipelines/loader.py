@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import error_line
+from ..models.perturb import PerturbationError
+from ..models.perturb import is_spec as is_perturbation
 from .base import V2APipeline
-from .config import MMAUDIO_PREFIX, NO_BAD_MODEL, RunConfig
+from .config import MMAUDIO_PREFIX, NO_BAD_MODEL, ConfigError, RunConfig
 from .embedded import MMAUDIO_REPO, Pipeline
 
 
@@ -29,8 +31,9 @@ def load_pipeline(config: RunConfig, rank_device: int | None = None) -> V2APipel
         if config.is_mmaudio:
             bad = config.bad_model
             bad_variant = bad.removeprefix(MMAUDIO_PREFIX) if bad and bad.startswith(MMAUDIO_PREFIX) else None
+            extra = {"bad": bad} if is_perturbation(bad) else {}
             pipe = Pipeline.from_pretrained(MMAUDIO_REPO, variant=config.model.removeprefix(MMAUDIO_PREFIX),
-                                            bad_variant=bad_variant, device=device, dtype=dtype)  # fmt: skip
+                                            bad_variant=bad_variant, device=device, dtype=dtype, **extra)  # fmt: skip
         else:
             no_bad = (config.bad_model or "").lower() == NO_BAD_MODEL
             pipe = Pipeline.from_pretrained(config.model, bad=False if no_bad else config.bad_model, device=device,
@@ -39,6 +42,8 @@ def load_pipeline(config: RunConfig, rank_device: int | None = None) -> V2APipel
             if pipe.bad is not None:
                 pipe.bad.to(dtype)
             pipe.dtype = dtype
+    except PerturbationError as e:  # a usage error found once the network is known
+        raise ConfigError(f"--bad-model {config.bad_model}: {e}") from None
     except Exception as e:  # corrupt weights surface as library-specific errors
         message = error_line(e)
         if not message.startswith(("cannot load", "bad model")):

@@ -21,6 +21,7 @@ from ..mmaudio.encoders import MMAudioFeatures
 from ..mmaudio.frames import DEFAULT_DURATION, MMAudioFrames, read_video
 from ..mmaudio.network import VARIANTS, MMAudio
 from ..mmaudio.vocoder import MMAudioDecoder
+from ..models.perturb import PerturbedDenoiser, perturbed
 from .base import RunPlan, V2APipeline, check_finite, seeded_noise
 
 #: The official demo's sampling defaults (Euler 25 steps, CFG 4.5).
@@ -38,14 +39,17 @@ class MMAudioPipeline(V2APipeline):
         network: MMAudio,
         decoder: MMAudioDecoder,
         features: MMAudioFeatures | None = None,
-        bad: MMAudio | None = None,
+        bad: MMAudio | PerturbedDenoiser | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         name: str | None = None,
     ) -> None:
         if network.latent_dim != decoder.latent_dim:
             raise ValueError(f"network latents ({network.latent_dim}) do not fit the decoder ({decoder.latent_dim})")
-        if bad is not None:
+        if isinstance(bad, PerturbedDenoiser):
+            if bad.perturbation_of is not network:
+                raise ValueError("a perturbed bad model must perturb this pipeline's network (perturbed(network, ...))")
+        elif bad is not None:
             mine, theirs = network.arch_kwargs, bad.arch_kwargs
             for key in ("latent_dim", "sampling_rate", "spectrogram_frame_rate"):
                 if mine[key] != theirs[key]:
@@ -72,6 +76,7 @@ class MMAudioPipeline(V2APipeline):
         cls,
         variant: str = "large_44k_v2",
         bad_variant: str | None = None,
+        perturbation: str | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -79,7 +84,10 @@ class MMAudioPipeline(V2APipeline):
         clip_name: str = DFN5B_HUB_ID,
     ) -> MMAudioPipeline:
         """Download (or find in the hub cache), verify and load the official files of ``variant`` (and of
-        ``bad_variant`` as the bad model). CLIP features need the ``[mmaudio]`` extra (open_clip)."""
+        ``bad_variant`` as the bad model, or a ``perturbation`` spec such as ``"perturb:skip=7"`` of the network
+        itself). CLIP features need the ``[mmaudio]`` extra (open_clip)."""
+        if perturbation is not None and bad_variant is not None:
+            raise ValueError("give a bad_variant or a perturbation of the network, not both")
         for v in (variant, bad_variant):
             if v is not None and v not in VARIANTS:
                 raise ValueError(f"unknown MMAudio variant {v!r}; known: {', '.join(VARIANTS)}")
@@ -93,7 +101,10 @@ class MMAudioPipeline(V2APipeline):
         bad = hub.load_network(get(hub.files_for(bad_variant)["network"]), bad_variant) if bad_variant else None
         decoder = MMAudioDecoder.from_official(get(need["vae"]), get(need["vocoder"]))
         features = MMAudioFeatures.from_pretrained(get(need["synchformer"]), clip_name=clip_name, device=device)
-        name = f"mmaudio:{variant}" + (f" (bad: {bad_variant})" if bad_variant else "")
+        if perturbation is not None:
+            bad = perturbed(network, perturbation)
+        bad_name = bad_variant or perturbation
+        name = f"mmaudio:{variant}" + (f" (bad: {bad_name})" if bad_name else "")
         return cls(network, decoder, features, bad, device=device, dtype=dt, name=name)
 
     # -- inputs --------------------------------------------------------------------------------------------------
@@ -123,7 +134,7 @@ class MMAudioPipeline(V2APipeline):
         n_latent = self.model.sequence_lengths(duration)["latent"]
         seeds = [item.seed for item in items]
         noise, gens = seeded_noise((n_latent, self.model.latent_dim), seeds, self.device, self.dtype)
-        z, info = plan.sampler(noise, cond, negative=negative, generator=gens, callback=callback)
+        z, info = plan.sampler(noise, cond, negative=negative, generator=gens, callback=callback)  # bad: same cond
         check_finite(z)
         mel = self.decoder.mel(self.model.unnormalize(z.float()))
         wave = self.decoder.vocode(mel)[..., : round(duration * self.sample_rate)]
@@ -151,5 +162,5 @@ class MMAudioPipeline(V2APipeline):
         return cond, negative
 
     def __repr__(self) -> str:
-        bad = f", bad={self.bad.arch_kwargs.get('variant')}" if self.bad is not None else ""
+        bad = f", bad={getattr(self.bad, 'name', None) or self.bad.arch_kwargs.get('variant')}" if self.bad else ""
         return f"MMAudioPipeline({self.name or self.model.arch_kwargs.get('variant')}{bad}, {self.sample_rate} Hz)"
