@@ -191,3 +191,20 @@ def test_cli_bad_model_perturbation(tmp_path):
                                    "--out", str(tmp_path / "x.wav")])  # fmt: skip
     assert res.exit_code == 2 and "skip=[9] is out of range: V2AFlow has 4 blocks" in res.output
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_benchmark_pairs_each_bad_model_with_the_checkpoint_on_the_same_seeds():
+    import perturbed_bad as PB
+
+    rows = []
+    for seed, (ref, other) in enumerate([(0.5, 0.7), (0.6, 0.9), (0.4, 0.5)]):
+        base = {"task": "v2a", "method": "hg", "budget": 64, "nfe": 64, "seed": seed, "class_accuracy": 0.5, "fd": 1}
+        rows.append({**base, "bad": "checkpoint", "onset_f1": ref})
+        rows.append({**base, "bad": "perturb:skip=1", "onset_f1": other})
+    table = PB.paired(rows, "v2a")
+    mine = next(r for r in table if r["bad"] == "perturb:skip=1")
+    diffs = [0.2, 0.3, 0.1]
+    assert mine["onset_f1_diff"] == pytest.approx(0.2)
+    assert mine["onset_f1_ci"] == pytest.approx(4.303 * torch.tensor(diffs).std().item() / math.sqrt(3))
+    text = PB.summary_markdown(table, 3)
+    assert "| hg | 64 | `perturb:skip=1` | 64 | 0.7 (+0.2 ± 0.25)" in text
