@@ -39,6 +39,7 @@ LAYERS = {
     "cli": 7,
     "datagen": 7,
     "evaluate": 7,
+    "tune": 7,
 }
 
 
