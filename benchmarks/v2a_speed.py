@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="none,cfg,hg")
     ap.add_argument("--threads", default=None, help="OMP_NUM_THREADS for the CLI process (default: torch's)")
+    ap.add_argument("--models", default="embedded", help="comma-separated --model values (compare in one run)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -41,23 +42,21 @@ def main() -> None:
             import os
 
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        for method in args.methods.split(","):
-            times = []
-            for _ in range(args.repeats):
+        runs = [(model, method) for method in args.methods.split(",") for model in args.models.split(",")]
+        times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+        for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit every run alike
+            for model, method in runs:
+                cmd = [sys.executable, "-m", "v2a_sampler.cli", str(video), "-g", method, "--overwrite", "--quiet"]
                 t0 = time.perf_counter()
-                proc = subprocess.run(
-                    [sys.executable, "-m", "v2a_sampler.cli", str(video), "-g", method, "--overwrite", "--quiet"],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                )
-                times.append(time.perf_counter() - t0)
+                proc = subprocess.run([*cmd, "--model", model], capture_output=True, text=True, env=env)
+                times[(model, method)].append(time.perf_counter() - t0)
                 if proc.returncode != 0:
                     raise SystemExit(f"v2a-sample failed: {proc.stderr.strip()}")
-            med = statistics.median(times)
-            rows.append({"method": method, "clip_s": CLIP_SECONDS, "median_wall_s": med, "min_wall_s": min(times),
-                         "target_s": TARGET_S, "met": med <= TARGET_S})  # fmt: skip
-            print(f"{method:>5}: median {med:.1f}s (min {min(times):.1f}s) over {args.repeats} runs", flush=True)
+        for (model, method), ts in times.items():
+            med = statistics.median(ts)
+            rows.append({"model": model, "method": method, "clip_s": CLIP_SECONDS, "median_wall_s": med,
+                         "min_wall_s": min(ts), "target_s": TARGET_S, "met": med <= TARGET_S})  # fmt: skip
+            print(f"{model} {method:>5}: median {med:.1f}s (min {min(ts):.1f}s) over {args.repeats} runs", flush=True)
     with open(args.out / "speed.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -134,6 +134,16 @@ def test_list_guidance_and_explain():
     res = runner.invoke(app, ["--guidance", "pg(2.7,0.15)", "--explain"])
     assert res.exit_code == 0
     assert "+2.85" in res.stdout and "-1.7" in res.stdout and "-0.15" in res.stdout and "3 NFE/step" in res.stdout
+    res = runner.invoke(app, ["--explain"])  # the embedded model's default: AudioMoG's HG
+    assert res.exit_code == 0 and "+3.24" in res.stdout and "-2.04" in res.stdout and "bad:null" in res.stdout
+
+
+def test_explain_the_default_of_an_amg_model(tmp_path):
+    Pipeline(_tiny_model(0).set_protocol(amg_weight=0.5)).save_pretrained(tmp_path / "amg")
+    res = runner.invoke(app, ["--model", str(tmp_path / "amg"), "--explain"])
+    assert res.exit_code == 0 and "+1.45" in res.stdout and "-0.45" in res.stdout and "bad:" not in res.stdout
+    res = runner.invoke(app, ["--bad-model", "none", "--explain"])  # no bad model: CFG at its paper weight
+    assert res.exit_code == 0 and "+3 " in res.stdout and "-2 " in res.stdout and "bad:" not in res.stdout
 
 
 def test_usage_errors(tmp_path):

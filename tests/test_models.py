@@ -80,6 +80,32 @@ def test_local_round_trip_keeps_weights_and_protocol(tmp_path):
     assert torch.allclose(as64(x.double(), t, cond), m(x, t, cond).double(), atol=1e-5)
 
 
+def test_float16_storage_halves_the_file_and_loads_back_as_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    m = tiny()
+    full = save_pretrained(m, tmp_path / "full")
+    half = save_pretrained(m, tmp_path / "half", storage_dtype="float16")
+    stored = load_file(str(half / "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    saved = (full / "model.safetensors").stat().st_size - (half / "model.safetensors").stat().st_size
+    assert abs(saved - 2 * sum(v.numel() for v in stored.values())) < 64  # two bytes per weight (headers differ)
+    cfg = json.loads((half / "config.json").read_text())
+    assert cfg["dtype"] == "float32" and cfg["storage_dtype"] == "float16"
+    back = from_pretrained(half)
+    for name, p in back.named_parameters():  # float32 parameters holding the float16-rounded weights
+        assert p.dtype == torch.float32
+        assert torch.equal(p, dict(m.named_parameters())[name].detach().half().float())
+    x, t, cond = inputs()
+    assert torch.allclose(back(x, t, cond), m(x, t, cond), atol=1e-2)
+    with pytest.raises(
+        ValueError, match=r"storage_dtype must be one of \('float32', 'float16', 'bfloat16'\), got 'int"
+    ):
+        save_pretrained(m, tmp_path / "bad", storage_dtype="int8")
+    with pytest.raises(ValueError, match=r"config keys \['storage_dtype'\] are set from the module itself"):
+        save_pretrained(m, tmp_path / "bad", {"storage_dtype": "float16"})
+
+
 def test_loaded_model_samples_with_guidance(tmp_path):
     save_pretrained(tiny(), tmp_path / "good")
     save_pretrained(tiny(schedule={"type": "flow", "noise_at": 1.0}), tmp_path / "bad")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -93,6 +95,37 @@ def test_save_and_load_pipeline(pipe, clips, tmp_path):
     no_bad = Pipeline.from_pretrained(tmp_path / "pipe", bad=False)
     with pytest.raises(ValueError, match="needs a bad model"):
         no_bad(clips["c"], guidance="hg", steps=2)
+
+
+def test_default_guidance_follows_the_models(clips, tmp_path):
+    good, bad = _tiny_model(0), _tiny_model(1)
+    assert Pipeline(good, bad).default_guidance == "hg" and Pipeline(good, bad).nfe() == 25 * 4
+    assert Pipeline(good).default_guidance == "cfg" and Pipeline(good).nfe() == 25 * 2  # no bad model: no error
+    # MGAudio: an AMG-trained model is sampled with a small extra CFG, with or without a bad model
+    amg = Pipeline(_tiny_model(2).set_protocol(amg_weight=0.5), bad)
+    assert amg.default_guidance == "cfg(1.45)" and amg.plan(steps=2).sampler.guidance.spec() == "cfg(1.45)"
+    out = amg(clips["c"], steps=2, griffin_lim_iters=1)
+    assert out.info["nfe"] == 4 and out.info["effective_strength"] == pytest.approx(1.45 / 0.5)
+    Pipeline(amg.model).save_pretrained(tmp_path / "amg")
+    assert Pipeline.from_pretrained(tmp_path / "amg").default_guidance == "cfg(1.45)"
+
+
+def test_a_pipeline_folder_can_name_a_perturbation_as_its_bad_model(pipe, clips, tmp_path):
+    from v2a_sampler.models.perturb import PerturbedDenoiser, perturbed
+
+    with_perturbation = Pipeline(pipe.model, perturbed(pipe.model, "perturb:identity=0"))
+    with_perturbation.save_pretrained(tmp_path / "p")
+    assert not (tmp_path / "p" / "bad").exists()
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text()) == {"bad": "perturb:identity=0"}
+    loaded = Pipeline.from_pretrained(tmp_path / "p")
+    assert isinstance(loaded.bad, PerturbedDenoiser) and loaded.bad.perturbation_of is loaded.model
+    assert loaded.default_guidance == "hg" and Pipeline.from_pretrained(tmp_path / "p", bad=False).bad is None
+    a = with_perturbation(clips["c"], guidance="ag(2)", steps=2, griffin_lim_iters=1)
+    b = loaded(clips["c"], guidance="ag(2)", steps=2, griffin_lim_iters=1)
+    assert torch.allclose(a.waveform, b.waveform, atol=1e-5)
+    (tmp_path / "p" / "pipeline.json").write_text('{"bad": "runs/bad"}')
+    with pytest.raises(ValueError, match=r"pipeline.json: 'bad' must be a perturbation spec \(perturb:...\), got"):
+        Pipeline.from_pretrained(tmp_path / "p")
 
 
 def test_bad_inputs(pipe, tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from v2a_sampler.media.specs import AudioSpec, VideoSpec
+from v2a_sampler.models import V2AFlow, from_pretrained
 from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.training.synth_v2a import ClipCrops, build_synth_set, mel_video_ratio
-from v2a_sampler.training.v2a_recipe import train_embedded
+from v2a_sampler.training.v2a_recipe import bad_candidates, train_embedded
 
 
 def test_crops_keep_audio_and_video_aligned():
@@ -30,28 +32,87 @@ def test_crops_keep_audio_and_video_aligned():
     assert mel_video_ratio(AudioSpec(), VideoSpec()) == 2
 
 
-def test_recipe_runs_end_to_end(tmp_path, monkeypatch):
+def test_recipe_runs_every_stage_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("V2A_CACHE", str(tmp_path / "cache"))
+    arch = {"n_mels": 64, "patch": 2, "dim": 32, "depth": 1, "heads": 2, "video_dim": 16, "frame_size": 32,
+            "encoder_width": 8}  # fmt: skip
     tiny = {
         "num_clips": 4,
         "duration": 2.0,
         "crop_seconds": 1.0,
-        "iterations": 6,
-        "bad_iteration": 2,
         "batch_size": 2,
+        "base": {"arch_kwargs": arch, "iterations": 4, "earlier": 2, "lr_warmup": 0, "lr_decay_start": None},
+        "depth": 2,
+        "iterations": 10,
         "lr_warmup": 0,
         "lr_decay_start": None,
-        "arch_kwargs": {"n_mels": 64, "patch": 2, "dim": 32, "depth": 1, "heads": 2, "video_dim": 16,
-                        "frame_size": 32, "encoder_width": 8},
+        "save_every": 0,
+        "small": {"dim": 16, "heads": 2, "iterations": 2},
+        "bad": "finetune",
+    }
+    run = tmp_path / "run"
+    # the stages that need the shared base refuse to run before it exists
+    with pytest.raises(ValueError, match="stage finetune needs .*base/iter-000004: run the stages before it first"):
+        train_embedded(run, tiny, stages=["finetune"], progress=False)
+    folder = train_embedded(run, tiny, progress=False)
+    timings = json.loads((run / "timings.json").read_text())
+    assert set(timings) == {"base", "main", "finetune", "small", "amg"}
+    # candidates: the base run's iteration 2, the base, the fine-tune at 10/25/50/70 % (1, 2 (2.5 rounded), 5, 7),
+    # the base fine-tuned for 30 % (3) with another seed, the half-width network
+    found = bad_candidates(run, tiny)
+    assert {k: (v.parent.name, int(v.name[5:])) for k, v in found.items()} == {
+        "base-earlier": ("base", 2), "base": ("base", 4), "earlier:0.1": ("run", 1), "earlier:0.25": ("run", 2),
+        "earlier:0.5": ("run", 5), "earlier:0.7": ("run", 7), "finetune": ("finetune", 3), "small": ("small", 2),
     }  # fmt: skip
-    folder = train_embedded(tmp_path / "run", tiny, progress=False)
-    assert json.loads((folder / "recipe.json").read_text())["iterations"] == 6
-    assert json.loads((folder / "bad" / "config.json").read_text())["training"]["iteration"] == 2
+    ft = json.loads((found["finetune"] / "config.json").read_text())
+    assert ft["training"]["config"]["init_from"].endswith("base/iter-000004") and ft["arch_kwargs"]["depth"] == 2
+    assert ft["training"]["config"]["seed"] == 11 and ft["training"]["config"]["lr"] == 6e-4
+    assert json.loads((found["small"] / "config.json").read_text())["arch_kwargs"]["dim"] == 16
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe["recipe"]["iterations"] == 10 and recipe["train_minutes"] == timings
+    bad_cfg = json.loads((folder / "bad" / "config.json").read_text())
+    assert bad_cfg["storage_dtype"] == "float16" and bad_cfg["training"]["role"].startswith("bad (finetune:")
     pipe = Pipeline.from_pretrained(folder)
-    assert pipe.bad is not None and pipe.audio_spec.mel_mean
+    assert len(pipe.model.blocks) == 2 and pipe.default_guidance == "hg"
+    base = from_pretrained(run / "base" / "iter-000004")
+    for name, p in base.encoder.state_dict().items():  # the fine-tunes trained on the base's frozen video features
+        assert torch.equal(pipe.model.encoder.state_dict()[name], p.half().float()), name
+    assert pipe.model.tok_out.weight.dtype == torch.float32  # stored in float16, sampled in float32
     assert not torch.equal(pipe.model.tok_out.weight, pipe.bad.tok_out.weight)  # really two checkpoints
     out = pipe(torch.randint(0, 255, (30, 32, 32, 3), dtype=torch.uint8), guidance="hg", steps=2, griffin_lim_iters=1)
     assert abs(out.duration - 30 / 25) < 0.05 and torch.isfinite(out.waveform).all()
+    # the AMG variant: the good run forked at 50 % and continued with AMG to the good model's iteration count
+    amg = Pipeline.from_pretrained(run / "amg_model")
+    amg_train = json.loads((run / "amg_model" / "config.json").read_text())["training"]
+    assert amg.model.amg_weight == 0.5 and amg.bad is None and amg.default_guidance == "cfg(1.45)"
+    assert amg_train["config"]["init_from"].endswith("run/iter-000005") and amg_train["config"]["iterations"] == 5
+    assert amg_train["amg_weight_now"] == 0.5 and amg.plan().sampler.guidance.spec() == "cfg(1.45)"
+    # a finished run is not trained again: exporting another candidate only copies it
+    again = train_embedded(run, {**tiny, "bad": "base-earlier"}, stages=["export"], progress=False)
+    assert json.loads((again / "bad" / "config.json").read_text())["training"]["iteration"] == 2
+    assert json.loads((run / "timings.json").read_text()) == timings
+    # --base: a model trained by the base recipe before is the shared base (its bad/ the base run's early checkpoint)
+    other = tmp_path / "other"
+    short = {**tiny, "iterations": 2, "checkpoints": [0.5]}
+    train_embedded(other, short, stages=["base", "main"], base=folder, progress=False)
+    assert not (other / "base").exists() and (other / "run" / "iter-000002").is_dir()
+    assert bad_candidates(other, short) == {"base-earlier": folder.resolve() / "bad", "base": folder.resolve(),
+                                           "earlier:0.5": other / "run" / "iter-000001"}  # fmt: skip
     # the data set was cached: a second build reads it back
     data = build_synth_set(4, 2.0, 0, AudioSpec(), VideoSpec(), progress=False)
     assert data.mels.shape == (4, 64, AudioSpec().num_frames(2.0)) and data.frames.shape == (4, 50, 32, 32, 3)
+
+
+def test_a_deepened_network_computes_the_same_function():
+    torch.manual_seed(0)
+    m = V2AFlow(n_mels=16, patch=2, dim=32, depth=2, heads=2, video_dim=16, frame_size=16, encoder_width=8)
+    with torch.no_grad():
+        for p in m.parameters():  # AdaLN-zero layers start at zero: make every block do something
+            p.add_(0.05 * torch.randn_like(p))
+    grown = m.deepened(4)
+    assert len(grown.blocks) == 4 and grown.arch_kwargs["depth"] == 4
+    x, t = torch.randn(2, 16, 20), torch.rand(2)
+    video = torch.randint(0, 255, (2, 10, 16, 16, 3), dtype=torch.uint8)
+    assert torch.equal(grown(x, t, {"video": video}), m(x, t, {"video": video}))
+    with pytest.raises(ValueError, match=r"deepened\(1\) cannot remove blocks: the network has 2"):
+        m.deepened(1)

@@ -200,8 +200,9 @@ def main(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Model folder, Hugging Face repo id, or mmaudio:VARIANT for the official MMAudio checkpoints "
-            "(small_16k, small_44k, medium_44k, large_44k, large_44k_v2). Default: the embedded model."
+            help="Model folder, Hugging Face repo id, embedded-amg (the embedded model's AMG-trained variant), or "
+            "mmaudio:VARIANT for the official MMAudio checkpoints (small_16k, small_44k, medium_44k, large_44k, "
+            "large_44k_v2). Default: the embedded model."
         ),
     ] = None,
     bad_model: Annotated[
@@ -308,11 +309,21 @@ def _options(items: list[str] | None) -> dict[str, int | float]:
 
 
 def _default_guidance(config: RunConfig) -> str:
-    """The default guidance of the pipeline ``config`` would load (without loading it)."""
-    from ..pipelines.embedded import Pipeline
+    """The default guidance of the pipeline ``config`` would load (reading the model's config, not its weights)."""
+    from ..models import load_config
+    from ..pipelines.config import NO_BAD_MODEL
+    from ..pipelines.embedded import EMBEDDED_MODELS, default_guidance_for, embedded_model_path
     from ..pipelines.mmaudio import MMAudioPipeline
 
-    return (MMAudioPipeline if config.is_mmaudio else Pipeline).default_guidance
+    if config.is_mmaudio:
+        return MMAudioPipeline.default_guidance
+    model = config.model
+    folder = embedded_model_path(model or "embedded") if model is None or model in EMBEDDED_MODELS else model
+    try:
+        amg = load_config(folder).get("amg_weight")
+    except (ValueError, RuntimeError, OSError):  # explaining needs no model: an unreadable one is not AMG-trained
+        amg = None
+    return default_guidance_for(amg, (config.bad_model or "").lower() != NO_BAD_MODEL)
 
 
 def _load(config: RunConfig, rank_device: int | None = None):

@@ -12,6 +12,7 @@ from .base import DenoiserModule, schedule_terms, time_from_noise_level
 from .mlp import NULL_LABEL, ToyMLP  # importing registers "mlp"
 from .registry import (
     CONFIG_NAME,
+    PIPELINE_CONFIG_NAME,
     WEIGHTS_NAME,
     architecture_name,
     architectures,
@@ -30,6 +31,7 @@ __all__ = [
     "V2AFlow",
     "CONFIG_NAME",
     "NULL_LABEL",
+    "PIPELINE_CONFIG_NAME",
     "WEIGHTS_NAME",
     "DenoiserModule",
     "ToyMLP",

@@ -28,6 +28,8 @@ from .base import DenoiserModule
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Optional file of a pipeline folder naming a bad model that has no weights of its own (``{"bad": "perturb:..."}``).
+PIPELINE_CONFIG_NAME = "pipeline.json"
 #: Value of ``config.json["format"]`` written by :func:`save_pretrained`.
 FORMAT = "v2a-sampler/denoiser"
 FORMAT_VERSION = 1
@@ -42,7 +44,10 @@ RESERVED_KEYS = (
     "condition_names",
     "amg_weight",
     "dtype",
+    "storage_dtype",
 )
+#: Weight dtypes :func:`save_pretrained` may store in (``storage_dtype``); loading casts them back to ``dtype``.
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 
 _ARCHITECTURES: dict[str, type[DenoiserModule]] = {}
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -131,25 +136,40 @@ def model_config(module: DenoiserModule) -> dict[str, Any]:
 
 
 def save_pretrained(
-    module_or_denoiser: Any, folder: str | os.PathLike, config: Mapping[str, Any] | None = None
+    module_or_denoiser: Any,
+    folder: str | os.PathLike,
+    config: Mapping[str, Any] | None = None,
+    storage_dtype: torch.dtype | str | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``config.json`` for a module into ``folder`` (created); returns the folder.
 
     ``config`` adds free-form JSON metadata (e.g. ``{"training": {...}}``) next to the module's own description.
+    ``storage_dtype`` (``"float16"`` / ``"bfloat16"``) stores floating-point weights in that dtype to halve the file;
+    ``config.json`` keeps the module's ``dtype`` and records ``storage_dtype``; :func:`from_pretrained` upcasts the
+    weights again (a float32 model stored in float16 samples in float32, its weights rounded to float16).
     """
     module = _unwrap(module_or_denoiser)
     extra = dict(config or {})
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"save_pretrained: config keys {clash} are set from the module itself; pass other keys")
-    cfg = {**model_config(module), **extra}
+    store = _parse_dtype(storage_dtype)
+    store_name = None if store is None else str(store).replace("torch.", "")
+    if store_name is not None and store_name not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {store_name!r}")
+    cfg = {**model_config(module), **({"storage_dtype": store_name} if store_name else {}), **extra}
     text = json.dumps(cfg, indent=2, sort_keys=False)  # fails early on non-JSON metadata
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    state = {k: _stored(v.detach().to("cpu"), store).contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "architecture": cfg["architecture"]})
     (out / CONFIG_NAME).write_text(text + "\n")
     return out
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` in the storage dtype (floating-point tensors only; integer buffers keep theirs)."""
+    return tensor.to(dtype) if dtype is not None and torch.is_floating_point(tensor) else tensor
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -260,7 +280,9 @@ def from_pretrained(
     Args:
         name_or_path: a folder with ``config.json`` + ``model.safetensors``, or ``"owner/name"`` on the hub.
         subfolder: a model inside the folder or repository (e.g. ``"good"``).
-        device, dtype: where and in which dtype to place the weights (default: as saved, on CPU).
+        device, dtype: where and in which dtype to place the weights (default: on CPU in torch's default dtype,
+            float32, whatever dtype the file stores: weights saved with a ``storage_dtype`` of float16 are upcast,
+            so CPU sampling stays float32).
         revision, cache_dir, local_files_only: passed to ``huggingface_hub.snapshot_download`` for repo ids.
 
     Raises:

@@ -264,6 +264,22 @@ class V2AFlow(DenoiserModule):
         out = out.unflatten(-1, (self.n_mels, self.patch)).permute(0, 2, 1, 3).flatten(2)
         return out[..., :frames].to(x.dtype)
 
+    def deepened(self, depth: int) -> V2AFlow:
+        """A copy with ``depth`` blocks computing the same function: the blocks of this network, then new blocks that
+        start as the identity (AdaLN-zero gates and the local convolution zeroed), so training continues from this
+        network's function (progressive growing of depth)."""
+        if depth < len(self.blocks):
+            raise ValueError(f"deepened({depth}) cannot remove blocks: the network has {len(self.blocks)}")
+        grown = type(self)(**{**self.arch_kwargs, "depth": int(depth)})
+        grown.set_protocol(prediction=self.prediction, schedule=self.schedule, amg_weight=self.amg_weight)
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("blocks.") for k in missing)
+        for block in list(grown.blocks)[len(self.blocks) :]:
+            for p in (*block.mod.parameters(), *block.local.parameters()):
+                nn.init.zeros_(p)
+        dtype = self.tok_in.weight.dtype
+        return grown.to(device=self.tok_in.weight.device, dtype=dtype)
+
     def perturbation_sites(self) -> dict[str, list[nn.Module]]:
         """Where :mod:`~v2a_sampler.models.perturb` may perturb this network: its transformer blocks (``h -> h``)
         and their attention cores."""

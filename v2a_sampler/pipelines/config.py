@@ -44,7 +44,8 @@ class RunConfig:
     """The settings of one generation run (see the module docstring).
 
     Attributes:
-        model: ``None`` (the embedded model), a pipeline folder, a Hugging Face repo id, or ``mmaudio:VARIANT``.
+        model: ``None`` (the embedded model), a shipped model's name (``embedded``, ``embedded-amg``: the AMG-trained
+            variant), a pipeline folder, a Hugging Face repo id, or ``mmaudio:VARIANT``.
         bad_model: ``None`` (the model's own bad model, if it has one), ``"none"``, a folder or repo id,
             ``mmaudio:VARIANT`` with an MMAudio ``model``, or ``perturb:...`` for a perturbed version of the model
             itself (:mod:`v2a_sampler.models.perturb`, e.g. ``perturb:skip=2``).

@@ -12,6 +12,7 @@ solvers and decodes them to a waveform of exactly the video's duration.
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.guidance import AMG_DEFAULT_CFG
 from ..errors import error_line
 from ..media import io
 from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
+from ..models import PIPELINE_CONFIG_NAME, resolve_folder
 from ..models import from_pretrained as load_model
-from ..models import resolve_folder
 from ..models import save_pretrained as save_model
 from ..models.perturb import PerturbedDenoiser, perturbed
 from ..models.perturb import is_spec as is_perturbation
@@ -40,22 +42,35 @@ BAD_SUBFOLDER = "bad"
 READ_SCALE = 3
 #: The Hugging Face repo of the official MMAudio checkpoints (loaded by :class:`MMAudioPipeline`).
 MMAUDIO_REPO = "hkchengrex/MMAudio"
+#: Models shipped inside the package, by name: the embedded model (with its bad model) and its AMG-trained variant
+#: (MGAudio's objective, sampled with a small extra CFG). ``Pipeline.from_pretrained(name)`` loads them.
+EMBEDDED_MODELS = {"embedded": "v2a_default", "embedded-amg": "v2a_amg"}
 
 
-def embedded_model_path() -> Path:
-    """Folder of the model shipped inside the package."""
-    return Path(str(resources.files("v2a_sampler") / "assets" / "v2a_default"))
+def embedded_model_path(name: str = "embedded") -> Path:
+    """Folder of a model shipped inside the package (:data:`EMBEDDED_MODELS`; default: the embedded model)."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; shipped: {', '.join(EMBEDDED_MODELS)}")
+    return Path(str(resources.files("v2a_sampler") / "assets" / EMBEDDED_MODELS[name]))
+
+
+def default_guidance_for(amg_weight: float | None, has_bad: bool) -> str:
+    """The default guidance of an embedded pipeline: MGAudio's small extra CFG (``cfg(1.45)``) for a model trained
+    with AMG, AudioMoG's hierarchical mixture ``hg`` when there is a bad model, else ``cfg``."""
+    if amg_weight is not None:
+        return f"cfg({AMG_DEFAULT_CFG:g})"
+    return "hg" if has_bad else "cfg"
 
 
 class Pipeline(V2APipeline):
     """The embedded V2A model (+ optional bad model) with its audio/video front and back ends.
 
-    Defaults: AudioMoG's hierarchical MoG (``hg``) with the shipped bad model, 25 Euler steps, 48 Griffin-Lim
+    Defaults: AudioMoG's hierarchical MoG (``hg``) with the shipped bad model (MGAudio's ``cfg(1.45)`` for an
+    AMG-trained model, ``cfg`` without a bad model: :func:`default_guidance_for`), 25 Euler steps, 48 Griffin-Lim
     iterations (pipeline option ``griffin_lim_iters``).
     """
 
     conditions = ("video",)
-    default_guidance = "hg"
     pipeline_options = {"griffin_lim_iters": DEFAULT_GL_ITERS}
 
     def __init__(
@@ -93,6 +108,11 @@ class Pipeline(V2APipeline):
     def sample_rate(self) -> int:
         return self.audio_spec.sample_rate
 
+    @property
+    def default_guidance(self) -> str:  # type: ignore[override]
+        """The guidance of a run that names none: :func:`default_guidance_for` this pipeline's models."""
+        return default_guidance_for(self.model.amg_weight, self.bad is not None)
+
     # -- loading and saving --------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -105,9 +125,11 @@ class Pipeline(V2APipeline):
         bad_variant: str | None = None,
         **hub_kwargs: Any,
     ) -> Pipeline | MMAudioPipeline:
-        """Load a pipeline folder or Hugging Face repo id (``None``: the embedded model).
+        """Load a pipeline folder or Hugging Face repo id (``None``: the embedded model; ``"embedded"`` and
+        ``"embedded-amg"`` name the shipped models, :data:`EMBEDDED_MODELS`).
 
-        ``bad``: ``None`` loads the ``bad/`` sub-folder when present, a path or repo id loads that model,
+        ``bad``: ``None`` loads the ``bad/`` sub-folder when present (or the perturbation a local folder's
+        ``pipeline.json`` names, ``{"bad": "perturb:..."}``), a path or repo id loads that model,
         ``"perturb:..."`` makes a perturbed version of the model (:func:`v2a_sampler.models.perturb.perturbed`, e.g.
         ``"perturb:skip=2"``), ``False`` loads none.
 
@@ -124,7 +146,10 @@ class Pipeline(V2APipeline):
             return MMAudioPipeline.from_pretrained(
                 variant or "large_44k_v2", bad_variant, perturbation=bad, device=device, dtype=dtype, **hub_kwargs
             )
-        root = embedded_model_path() if name_or_path is None else name_or_path
+        if name_or_path is None or str(name_or_path) in EMBEDDED_MODELS:
+            root: str | os.PathLike = embedded_model_path(str(name_or_path or "embedded"))
+        else:
+            root = name_or_path
         model = load_model(root, device=device, dtype=dtype, **hub_kwargs)
         if not isinstance(model, V2AFlow):
             raise ValueError(f"model at {root} is a {type(model).__name__}, not a V2A model")
@@ -139,6 +164,8 @@ class Pipeline(V2APipeline):
             if folder is not None:
                 bad_where = folder
                 bad_model = _load_bad(folder, device=device, dtype=dtype)
+            elif (spec := _declared_bad(root)) is not None:  # a perturbation of the model, named in pipeline.json
+                bad_model = perturbed(model, spec)
         elif is_perturbation(bad):
             bad_model = perturbed(model, str(bad))
         elif bad is not False:
@@ -155,7 +182,9 @@ class Pipeline(V2APipeline):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the model (and the bad model in ``bad/``) so :meth:`from_pretrained` restores this pipeline."""
         out = save_model(self.model, folder)
-        if self.bad is not None and not isinstance(self.bad, PerturbedDenoiser):  # a perturbation has no weights
+        if isinstance(self.bad, PerturbedDenoiser):  # a perturbation has no weights: its spec is the bad model
+            (out / PIPELINE_CONFIG_NAME).write_text(json.dumps({"bad": self.bad.perturbation.spec()}) + "\n")
+        elif self.bad is not None:
             save_model(self.bad, Path(folder) / BAD_SUBFOLDER)
         return out
 
@@ -210,6 +239,20 @@ class Pipeline(V2APipeline):
             f"Pipeline({self.name}, {n / 1e6:.2f}M params, bad={'yes' if self.bad is not None else 'no'}, "
             f"{self.audio_spec.sample_rate} Hz, {self.video_spec.fps:g} fps, device={self.device})"
         )
+
+
+def _declared_bad(root: str | os.PathLike) -> str | None:
+    """The perturbation spec a local pipeline folder's ``pipeline.json`` names as its bad model, if any."""
+    path = Path(root) / PIPELINE_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text()).get("bad")
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f'{path} is not a JSON object like {{"bad": "perturb:..."}}') from None
+    if not is_perturbation(spec):
+        raise ValueError(f"{path}: 'bad' must be a perturbation spec (perturb:...), got {spec!r}")
+    return spec
 
 
 def _load_bad(where: str | os.PathLike, **kwargs: Any) -> V2AFlow:

@@ -8,6 +8,7 @@ Examples::
     v2a-train finetune --base runs/good/iter-004096 --iters 256 --set lr=5e-4 --out runs/ft
     v2a-train fit --config runs/good/iter-004096/config.json --amg-weight 0.5 --out runs/amg
     v2a-train --threads 1 toy2d --out models/toy2d   # the 2D lab's good + bad models
+    v2a-train v2a --out runs/v2a2 --export my_pipeline      # the embedded model's recipe (all stages, resumable)
     v2a-train show runs/good/iter-004096
 
 Every model folder written loads with ``v2a_sampler.models.from_pretrained``. Also runs as
@@ -166,14 +167,9 @@ def _cmd_toy2d(args: argparse.Namespace) -> None:
 
 
 def _cmd_v2a(args: argparse.Namespace) -> None:
-    from .v2a_recipe import QUICK, train_embedded
+    from .v2a_recipe import run_from_args
 
-    recipe = dict(QUICK) if args.quick else {}
-    if args.iters:
-        recipe["iterations"] = args.iters
-        recipe.setdefault("bad_iteration", max(1, args.iters // 10))
-    path = train_embedded(args.out, recipe, export=args.export, resume=args.resume, progress=not args.no_progress)
-    print(f"pipeline folder: {path}")
+    run_from_args(args)
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -225,13 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_toy2d)
 
-    p = sub.add_parser("v2a", help="train the embedded V2A model and its bad model (the shipped recipe)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints and the exported pipeline)")
-    p.add_argument("--export", default=None, help="where to write the pipeline folder (default: OUT/model)")
-    p.add_argument("--iters", type=int, default=None, help="override the recipe's iterations")
-    p.add_argument("--quick", action="store_true", help="a tiny run that checks the recipe end to end")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("v2a", help="the embedded V2A model, its bad-model candidates and AMG variant (shipped recipe)")
+    from .v2a_recipe import add_arguments as add_v2a_arguments
+
+    add_v2a_arguments(p)
     p.set_defaults(func=_cmd_v2a)
 
     p = sub.add_parser("show", help="print a model folder's config and training metadata")

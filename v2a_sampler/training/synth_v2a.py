@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..media.specs import AudioSpec, VideoSpec, resize_frames
+from ..models import from_pretrained
 from ..synth import make_clip
 from .data import TensorData, register_dataset
 
@@ -92,7 +93,8 @@ def build_synth_set(
 
 
 class ClipCrops:
-    """Random aligned crops: ``crop`` video frames and the matching ``crop * ratio`` mel frames of random clips.
+    """Random aligned crops: ``crop`` video frames (or per-frame features ``[N, T, D]``) and the matching
+    ``crop * ratio`` mel frames of random clips.
 
     Mel frame ``ratio * k`` and video frame ``k`` sit at the same time (``ratio = mel rate / video fps``).
     """
@@ -121,6 +123,16 @@ def mel_video_ratio(audio: AudioSpec, video: VideoSpec) -> int:
     return int(round(ratio))
 
 
+@torch.no_grad()
+def encode_clips(model: Any, frames: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Video features ``[N, T, D]`` of whole clips ``[N, T, s, s, 3]`` by ``model``'s frame encoder
+    (``encode_conditions``), computed once: training on them keeps that encoder frozen (as MMAudio trains on frozen
+    CLIP / Synchformer features) and spares its cost at every iteration."""
+    feats = [model.encode_conditions({"video": frames[i : i + batch_size]})["video"].float()
+             for i in range(0, frames.shape[0], batch_size)]  # fmt: skip
+    return torch.cat(feats)
+
+
 def synth_v2a_source(
     num_clips: int = 2000,
     duration: float = 4.0,
@@ -128,21 +140,26 @@ def synth_v2a_source(
     audio: dict[str, Any] | None = None,
     video: dict[str, Any] | None = None,
     crop_seconds: float | None = None,
+    features_from: str | None = None,
 ) -> TensorData | ClipCrops:
     """The registered ``"synth_v2a"`` data source: normalised log-mels with ``{"video": frames}``.
 
     ``audio`` must carry the normalisation statistics the model uses (the recipe fits them on the same set);
-    ``crop_seconds`` draws random aligned crops of that length instead of whole clips.
+    ``crop_seconds`` draws random aligned crops of that length instead of whole clips; ``features_from`` (a model
+    folder) gives ``{"video": features}`` of that model's frozen frame encoder instead of frames (:func:`encode_clips`).
     """
     spec = AudioSpec.from_dict(audio) if audio else AudioSpec()
     vspec = VideoSpec.from_dict(video) if video else VideoSpec()
     data = build_synth_set(num_clips, duration, seed, spec, vspec)
     if not spec.mel_mean:
         spec.fit_stats(data.mels)
+    video_cond = data.frames
+    if features_from is not None:
+        video_cond = encode_clips(from_pretrained(features_from), data.frames)
     if crop_seconds:
         crop = int(round(crop_seconds * vspec.fps))
-        return ClipCrops(spec.normalize(data.mels), data.frames, crop, mel_video_ratio(spec, vspec))
-    return TensorData(spec.normalize(data.mels), {"video": data.frames})
+        return ClipCrops(spec.normalize(data.mels), video_cond, crop, mel_video_ratio(spec, vspec))
+    return TensorData(spec.normalize(data.mels), {"video": video_cond})
 
 
 register_dataset("synth_v2a", synth_v2a_source)

@@ -242,12 +242,26 @@ def _check_resume(saved: Mapping[str, Any], cfg: TrainConfig, folder: Path) -> N
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _deepen_to(base: DenoiserModule, cfg: TrainConfig) -> DenoiserModule:
+    """``base`` grown to the config's ``depth`` when that is all that differs and the network can grow
+    (``deepened(depth)``, function-preserving: :meth:`~v2a_sampler.models.v2a_flow.V2AFlow.deepened`)."""
+    mine, wanted = dict(base.arch_kwargs), dict(cfg.arch_kwargs or {})
+    grow = getattr(base, "deepened", None)
+    if grow is None or "depth" not in wanted or wanted.get("depth") == mine.get("depth"):
+        return base
+    if {k: v for k, v in mine.items() if k != "depth"} != {k: v for k, v in wanted.items() if k != "depth"}:
+        return base  # other differences: reported by the caller
+    return grow(int(wanted["depth"]))
+
+
 def build_model(cfg: TrainConfig) -> DenoiserModule:
-    """The initial network of a run: seeded fresh init, or the weights of ``cfg.init_from``."""
+    """The initial network of a run: seeded fresh init, or the weights of ``cfg.init_from`` (a shallower network
+    of the same architecture is deepened with identity blocks when the network supports it)."""
     if cfg.init_from is None:
         torch.manual_seed(cfg.seed)
         return build(cfg.arch, cfg.arch_kwargs, cfg.prediction, cfg.schedule)
     base = from_pretrained(cfg.init_from)
+    base = _deepen_to(base, cfg)
     if architecture_name(base) != cfg.arch or (cfg.arch_kwargs and base.arch_kwargs != dict(cfg.arch_kwargs)):
         raise ValueError(
             f"init_from {cfg.init_from!r} is {architecture_name(base)} {base.arch_kwargs}, but the config asks for "
