@@ -116,3 +116,16 @@ def test_a_deepened_network_computes_the_same_function():
     assert torch.equal(grown(x, t, {"video": video}), m(x, t, {"video": video}))
     with pytest.raises(ValueError, match=r"deepened\(1\) cannot remove blocks: the network has 2"):
         m.deepened(1)
+
+
+def test_the_bad_model_selection_rule_is_hg_fd_among_the_best_hg_onset_f1():
+    import v2a_bad_models as VB
+
+    rows = [
+        {"bad": "a", "method": "hg", "onset_f1": 0.70, "fd": 6.0},
+        {"bad": "b", "method": "hg", "onset_f1": 0.69, "fd": 5.5},  # within 0.02 of the best F1 and a lower FD
+        {"bad": "c", "method": "hg", "onset_f1": 0.60, "fd": 4.0},  # lowest FD, but its timing is worse
+        {"bad": "c", "method": "ag(2)", "onset_f1": 0.90, "fd": 1.0},  # AG rows are reported, not selected on
+    ]
+    assert VB.select(rows) == "b"
+    assert VB.select([{**r, "onset_f1": 0.5} if r["bad"] == "b" else r for r in rows]) == "a"
