@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -315,8 +316,14 @@ def test_mux_reencodes_when_copy_is_impossible(tmp_path):
     src = make_video(tmp_path / "prores.mkv", 24, 12, codec="prores_ks", pix_fmt="yuv422p10le", fmt="matroska")
     # Matroska rounds timestamps to 1 ms (frame 1 at 42 ms, not 41.67): still read on time
     assert decode_index(io.read_frames(src, 24.0)) == list(range(12))
-    result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
-    assert not result.video_copied and result.video_codec == io.pick_video_encoder(64, 48)[0]
+    encoder = io.pick_video_encoder(64, 48)[0]
+    with pytest.warns(io.ReencodeWarning, match=f"out.mp4: .mp4 cannot hold prores video, so the video was "
+                      f"re-encoded to {encoder}"):  # fmt: skip
+        result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
+    assert not result.video_copied and result.video_codec == encoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a container that holds the codec copies it, silently
+        assert io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mkv").video_copied
     out = io.probe_video(tmp_path / "out.mp4")
     assert out.num_frames == 12 and out.has_audio
     assert decode_index(io.read_frames(tmp_path / "out.mp4", 24.0)) == list(range(12))
@@ -329,7 +336,8 @@ def test_video_encoder_falls_back_without_libx264(monkeypatch, tmp_path):
     monkeypatch.setattr(io.av, "codecs_available", frozenset(av.codecs_available) - {"libx264"})
     assert io.pick_video_encoder(63, 48) == ("mpeg4", "yuv420p")
     src = make_video(tmp_path / "prores.mkv", 24, 6, codec="prores_ks", pix_fmt="yuv422p10le", fmt="matroska")
-    result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
+    with pytest.warns(io.ReencodeWarning, match="re-encoded to mpeg4"):
+        result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
     assert (result.video_copied, result.video_codec) == (False, "mpeg4")
     assert io.probe_video(tmp_path / "out.mp4").codec == "mpeg4"
 
