@@ -28,15 +28,16 @@ from rich.table import Table
 from .. import __version__
 from ..core import guidance as G
 from ..core import solvers
-from ..errors import error_line
+from ..errors import error_line, printable
 from ..pipelines.config import DTYPES, STEPS_WARN, ConfigError, RunConfig
 from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX, ProgressLines, captured_warnings, exit_code
 
 GLOB_CHARS = "*?["
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# messages quote file names and user text: no emoji codes (":smile:"), no highlighting, no wrapping
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, emoji=False)
 
 
 class CliError(Exception):
@@ -55,7 +56,7 @@ def _fail_all(problems: list[str], code: int = EXIT_USAGE) -> None:
 
 
 def _warn(message: str) -> None:
-    err.print(f"warning: {message}", markup=False)
+    _plain_line(f"warning: {message}")
 
 
 def _version(value: bool) -> None:
@@ -336,13 +337,13 @@ def main(
         raise
     except CliError as e:
         for line in e.lines:
-            err.print(f"error: {line}", markup=False)
+            _plain_line(f"error: {line}")
         raise typer.Exit(e.code) from None
     except ValueError as e:  # includes V2AInputError and ConfigError
-        err.print(f"error: {error_line(e)}", markup=False)
+        _plain_line(f"error: {error_line(e)}")
         raise typer.Exit(EXIT_USAGE) from None
     except (RuntimeError, FloatingPointError, OSError) as e:  # includes PipelineLoadError
-        err.print(f"error: {error_line(e)}", markup=False)
+        _plain_line(f"error: {error_line(e)}")
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
@@ -386,7 +387,7 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
             pngs = [spectrogram / (src.stem + ".png") for src in inputs]
         else:
             pngs = [spectrogram]
-    partial = _probe_inputs(inputs, config.strict)
+    partial = _probe_inputs(inputs, config.strict, config.duration)
     _fail_all(check_outputs([q for pair in plans for q in pair if q is not None] + pngs, overwrite))
     t_load = time.perf_counter()
     pipe = _load(config)
@@ -438,7 +439,7 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
                 for p in written:  # this input's files written before the failure: none is left behind
                     p.unlink(missing_ok=True)
                 codes.append(exit_code(e))
-                err.print(f"error: {f'{src}: ' if several else ''}{error_line(e)}", markup=False)
+                _plain_line(f"error: {f'{src}: ' if several else ''}{error_line(e)}")
                 continue
             finally:
                 progress.remove_task(task)
@@ -446,19 +447,21 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
             _report_warnings(warned, src in partial)
             secs = time.perf_counter() - t0 + (load_s if i == 0 else 0.0)
             names = ", ".join(str(w) for w in written)
-            out.print(f"{src.name}: {plan.describe()}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}",
+            out.print(printable(f"{src.name}: {plan.describe()}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}"),
                       markup=False, soft_wrap=True)  # fmt: skip
     if codes:  # every failure has had its error line
         raise typer.Exit(EXIT_RUNTIME if EXIT_RUNTIME in codes else EXIT_USAGE)
 
 
 def _plain_line(line: str) -> None:
-    err.print(line, markup=False)
+    """One line on stderr, exactly as given (control characters escaped)."""
+    err.print(printable(line), markup=False)
 
 
-def _probe_inputs(inputs: list[Path], strict: bool) -> set[Path]:
-    """Probe every input and scan its packets before anything is loaded: all bad inputs are reported together
-    (exit 2); partial videos are warned about here (with ``strict``: reported as bad). Returns the partial ones."""
+def _probe_inputs(inputs: list[Path], strict: bool, duration: float | None) -> set[Path]:
+    """Probe every input and scan its packets (the first ``duration`` seconds matter) before anything is loaded:
+    all bad inputs are reported together (exit 2); partial videos are warned about here (with ``strict``: reported
+    as bad). Returns the partial ones."""
     from ..media import io
 
     problems: list[str] = []
@@ -466,13 +469,13 @@ def _probe_inputs(inputs: list[Path], strict: bool) -> set[Path]:
     for src in inputs:
         try:
             with captured_warnings() as warned:
-                io.probe_video(src, scan=True, strict=strict)
+                io.probe_video(src, scan=True, strict=strict, needed=duration)
         except io.V2AInputError as e:
             problems.append(error_line(e))
             continue
-        for _, message in warned:
+        for category, message in warned:
             _warn(message)
-            partial.add(src)
+            partial.update([src] if issubclass(category, io.PartialVideoWarning) else [])
     _fail_all(problems)
     return partial
 
@@ -514,6 +517,9 @@ def _run_manifest(config: RunConfig, manifest, videos, out_path, out_dir, mux, o
     if spectrogram is not None:
         raise CliError("--spectrogram is not available with --manifest")
     rows = datagen.read_manifest(manifest)  # before loading anything: a bad manifest fails fast
+    problem = _folder_problem(out_dir)
+    if problem is not None:
+        raise CliError(problem)
     info = datagen.dist_info()
     pipe = _load(config, rank_device=info.local_rank if info.world_size > 1 else None)
     pipe.plan(config)  # a setting that can never work fails here, before the first row

@@ -30,9 +30,10 @@ class ProgressLines:
     :meth:`update` writes at most one line every ``every`` seconds, the first after ``every`` seconds.
     """
 
-    def __init__(self, write: Callable[[str], None], every: float = PROGRESS_LINE_S,
+    def __init__(self, write: Callable[[str], None], every: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.write, self.every, self.clock = write, every, clock
+        self.write, self.clock = write, clock
+        self.every = PROGRESS_LINE_S if every is None else every
         self.start = self.last = clock()
 
     def update(self, label: str, done: int, total: int, unit: str) -> None:

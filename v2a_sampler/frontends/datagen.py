@@ -47,11 +47,11 @@ from typing import Any
 
 import torch
 
-from ..errors import error_line
+from ..errors import error_line, printable
 from ..media import io
 from ..media.specs import DEFAULT_GL_ITERS
 from ..pipelines.base import RunPlan, V2APipeline
-from ..pipelines.config import RunConfig
+from ..pipelines.config import MAX_SEED, RunConfig
 from .common import MUX_SUFFIX, ProgressLines, captured_warnings
 
 __all__ = [
@@ -169,7 +169,9 @@ def _parse_row(values: dict[str, Any], index: int, line: int, path: Path, base: 
     if not isinstance(video, str) or not video.strip():
         raise ManifestError(f"{where}: missing or empty 'video'")
     source = video.strip()
-    full = Path(os.path.abspath(base / Path(source).expanduser()))
+    if "\x00" in source:
+        raise ManifestError(f"{where}: 'video' contains a NUL character")
+    full = Path(os.path.abspath(base / os.path.expanduser(source)))  # "~user" of no user stays as written
     row_id = _text(values.get("id"))
     if row_id is not None and (UNSAFE.search(row_id) or row_id.startswith(".") or len(row_id) > 200):
         raise ManifestError(f"{where}: id {row_id!r} is not a plain file name (letters, digits, '.', '_', '-')")
@@ -194,10 +196,16 @@ def _parse_row(values: dict[str, Any], index: int, line: int, path: Path, base: 
             seed = int(str(raw).strip())
         except ValueError:
             raise ManifestError(f"{where}: bad seed {raw!r} (an integer)") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise ManifestError(f"{where}: bad seed {raw!r} (an integer from 0 to 2**63 - 1)")
     prompt = values.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ManifestError(f"{where}: prompt must be text, got {type(prompt).__name__}")
     extra = {k: v for k, v in values.items() if k not in ("video", *OPTION_COLUMNS) and k is not None}
+    try:  # kept in the summary and the logs, which are strict JSON
+        json.dumps(extra, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise ManifestError(f"{where}: other columns must hold plain JSON values (no NaN or infinity)") from None
     return ManifestRow(index, line, full, source, row_id, duration, seed, _text(prompt), extra, base)
 
 
@@ -236,6 +244,8 @@ def _read_jsonl(path: Path, text: str, base: Path) -> list[ManifestRow]:
             values = json.loads(line)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{path.name} line {line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise ManifestError(f"{path.name} line {line_no}: JSON nested too deeply") from None
         if not isinstance(values, dict):
             raise ManifestError(f"{path.name} line {line_no}: expected a JSON object, got {type(values).__name__}")
         rows.append(_parse_row(values, len(rows), line_no, path, base))
@@ -417,7 +427,7 @@ def _clean_temp_files(folder: Path, targets: set[str], keep: set[str] | None = N
 
 
 def _stderr_warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -16,8 +16,9 @@
   :class:`ReencodeWarning`) and adds the audio as AAC, padded or trimmed to the video's duration.
 
 A video whose frames end well before its container says (a truncated download, a damaged file) is *partial*: the
-readers detect it (decoded or demuxed end vs the container's duration, :data:`PARTIAL_SLACK_FRAMES`) and emit a
-:class:`PartialVideoWarning` with the numbers, or with ``strict=True`` raise :class:`V2AInputError`.
+readers detect it (decoded or demuxed end vs the container's duration, :data:`PARTIAL_SLACK_FRAMES`; a decoding error
+after the first frames ends the readable part) and emit a :class:`PartialVideoWarning` with the numbers, or with
+``strict=True`` raise :class:`V2AInputError`.
 
 Times are in seconds, measured from the start of the first video stream. Every failure raises
 :class:`V2AInputError` with a one-line message.
@@ -220,12 +221,12 @@ def _probe(container: av.container.InputContainer, path: Path) -> tuple[VideoInf
     return info, stream
 
 
-def probe_video(path: PathLike, scan: bool = False, strict: bool = False) -> VideoInfo:
+def probe_video(path: PathLike, scan: bool = False, strict: bool = False, needed: float | None = None) -> VideoInfo:
     """Duration, frame rate, size, frame count and audio presence of a video file.
 
     ``scan=True`` also reads every packet of the video stream (no decoding: fast) and checks that they reach the
-    container's duration: a file that ends early (e.g. the first half of a faststart MP4) gives a
-    :class:`PartialVideoWarning`, or with ``strict`` a :class:`V2AInputError`.
+    container's duration (or the first ``needed`` seconds): a file that ends early (e.g. the first half of a
+    faststart MP4) gives a :class:`PartialVideoWarning`, or with ``strict`` a :class:`V2AInputError`.
     """
     p = _existing_file(path, "video")
     with _open_input(p) as container:
@@ -236,7 +237,7 @@ def probe_video(path: PathLike, scan: bool = False, strict: bool = False) -> Vid
             count, end = _scan_packets(p, index)
         except av.error.FFmpegError as e:
             raise V2AInputError(f"cannot read the video in {p}: {e.strerror}") from None
-        _check_complete(p, info, end, count, info.duration, strict, "packets")
+        _check_complete(p, info, end, count, info.duration if needed is None else needed, strict, "packets")
     return info
 
 
@@ -277,13 +278,25 @@ def iter_frames(path: PathLike, strict: bool = False) -> Iterator[tuple[int, flo
         period = 1.0 / info.fps  # only for frames without timestamps
         count, end = 0, 0.0
         try:
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(_decoded(container, stream)):
                 t = frame.time - origin if frame.time is not None else index * period
                 count, end = count + 1, max(end, t + _frame_seconds(frame, period))
                 yield index, t, frame
         except av.error.FFmpegError as e:
-            raise V2AInputError(f"cannot decode the video in {p}: {e.strerror}") from None
+            if count == 0:
+                raise V2AInputError(f"cannot decode the video in {p}: {e.strerror}") from None
+            # damaged after some frames (a file cut inside a packet): the readable part ends here
     _check_complete(p, info, end, count, info.duration, strict)
+
+
+def _decoded(container: av.container.InputContainer, stream: Any) -> Iterator[av.VideoFrame]:
+    """The decoded frames of ``stream``, skipping packets the decoder rejects (damaged, or cut off at the end of a
+    truncated file): the frames around them still decode, and the partial-video check reports what is missing."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError:
+            continue
 
 
 def _frame_seconds(frame: av.VideoFrame, period: float) -> float:
@@ -381,7 +394,7 @@ def _sample_frames(
         return frame.to_ndarray(**kwargs)
 
     try:
-        for index, frame in enumerate(container.decode(stream)):
+        for index, frame in enumerate(_decoded(container, stream)):
             t = float(frame.pts * frame.time_base) - origin if frame.pts is not None else index * period
             count, end = count + 1, max(end, t + _frame_seconds(frame, period))
             if previous is not None:
@@ -394,7 +407,9 @@ def _sample_frames(
             if k >= len(targets):
                 break
     except av.error.FFmpegError as e:
-        raise V2AInputError(f"cannot decode the video in {path}: {e.strerror}") from None
+        if previous is None:
+            raise V2AInputError(f"cannot decode the video in {path}: {e.strerror}") from None
+        # damaged after some frames (a file cut inside a packet): the readable part ends here, checked by the caller
     if previous is None:
         raise V2AInputError(f"video has no decodable frames: {path}")
     ran_out = k < len(targets)

@@ -218,7 +218,7 @@ def resolve_folder(
     Environment variables are read at call time: ``HF_HUB_CACHE`` (cache folder) and ``HF_HUB_OFFLINE`` (no
     network: only the local cache is used).
     """
-    path = Path(name_or_path).expanduser()
+    path = Path(os.path.expanduser(name_or_path))  # "~user" of no user stays as written
     if path.is_dir():
         root = path
     elif path.exists():
