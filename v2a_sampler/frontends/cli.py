@@ -276,7 +276,7 @@ def main(
     explain: Annotated[
         bool, typer.Option("--explain", help="Print the branch coefficients and NFE of --guidance and exit.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or progress lines.")] = False,
     strict: Annotated[
         bool,
         typer.Option(
