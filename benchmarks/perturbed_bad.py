@@ -21,6 +21,10 @@ t-interval; ``*`` marks intervals that exclude 0).
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: BLAS threads stall on shared cores
+
 import argparse
 import math
 import statistics

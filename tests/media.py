@@ -40,12 +40,13 @@ def make_video(
     pix_fmt: str | None = None,
     pts_ms: list[int] | None = None,
     fmt: str | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> Path:
     """A test video of n flat frames coding their index; VFR when pts_ms is given (then without B-frames)."""
     height, width = size
     if codec is None:  # H.264 where this FFmpeg build has it, as the library writes
         codec, pix_fmt = io.pick_video_encoder(width, height)
-    with av.open(str(path), "w", format=fmt) as out:
+    with av.open(str(path), "w", format=fmt, container_options=container_options or {}) as out:
         options = {"bf": "0"} if pts_ms is not None else {}  # no B-frames: MP4 durations follow decode order
         v = out.add_stream(codec, rate=rate, options=options)
         v.width, v.height, v.pix_fmt = width, height, pix_fmt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -315,8 +316,14 @@ def test_mux_reencodes_when_copy_is_impossible(tmp_path):
     src = make_video(tmp_path / "prores.mkv", 24, 12, codec="prores_ks", pix_fmt="yuv422p10le", fmt="matroska")
     # Matroska rounds timestamps to 1 ms (frame 1 at 42 ms, not 41.67): still read on time
     assert decode_index(io.read_frames(src, 24.0)) == list(range(12))
-    result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
-    assert not result.video_copied and result.video_codec == io.pick_video_encoder(64, 48)[0]
+    encoder = io.pick_video_encoder(64, 48)[0]
+    with pytest.warns(io.ReencodeWarning, match=f"out.mp4: .mp4 cannot hold prores video, so the video was "
+                      f"re-encoded to {encoder}"):  # fmt: skip
+        result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
+    assert not result.video_copied and result.video_codec == encoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a container that holds the codec copies it, silently
+        assert io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mkv").video_copied
     out = io.probe_video(tmp_path / "out.mp4")
     assert out.num_frames == 12 and out.has_audio
     assert decode_index(io.read_frames(tmp_path / "out.mp4", 24.0)) == list(range(12))
@@ -329,7 +336,8 @@ def test_video_encoder_falls_back_without_libx264(monkeypatch, tmp_path):
     monkeypatch.setattr(io.av, "codecs_available", frozenset(av.codecs_available) - {"libx264"})
     assert io.pick_video_encoder(63, 48) == ("mpeg4", "yuv420p")
     src = make_video(tmp_path / "prores.mkv", 24, 6, codec="prores_ks", pix_fmt="yuv422p10le", fmt="matroska")
-    result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
+    with pytest.warns(io.ReencodeWarning, match="re-encoded to mpeg4"):
+        result = io.mux(src, np.zeros(SR, np.float32), SR, tmp_path / "out.mp4")
     assert (result.video_copied, result.video_codec) == (False, "mpeg4")
     assert io.probe_video(tmp_path / "out.mp4").codec == "mpeg4"
 
@@ -366,3 +374,46 @@ def test_iter_frames_yields_every_frame_with_its_time(tmp_path):
     assert seen == [(0, 0.0, 64), (1, 0.04, 64), (2, 0.12, 64), (3, 0.13, 64), (4, 0.3, 64)]
     with pytest.raises(io.V2AInputError, match="video not found"):
         next(io.iter_frames(tmp_path / "missing.mp4"))
+
+
+def test_partial_video_is_detected_with_its_numbers(tmp_path):
+    """The first half of a faststart MP4 opens with the whole video's metadata but decodes only its first part:
+    every reader says so (a warning with the numbers; an error when strict), and a window inside the readable part
+    is fine."""
+    from v2a_sampler.mmaudio.frames import read_video
+
+    full = make_video(tmp_path / "full.mp4", 24, 96, container_options=io.FASTSTART)  # 4 s, index in front
+    data = full.read_bytes()
+    media = data.find(b"mdat")
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[: media + (len(data) - media) // 2])  # the index and about half of the frames
+    info = io.probe_video(half)
+    assert (info.num_frames, info.duration) == (96, 4.0)  # the container still promises all of it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # complete files and windows inside the readable part: silent
+        assert io.read_frames(full, 24.0).shape[0] == 96 and len(list(io.iter_frames(full))) == 96
+        io.probe_video(full, scan=True)
+        assert decode_index(io.read_frames(half, 24.0, duration=0.5)) == list(range(12))
+    pattern = r"half.mp4 is partial: its frames end at (\d+\.\d+) s of 4.000 s \((\d+) of 96 frames readable"
+    with pytest.warns(io.PartialVideoWarning, match=pattern) as caught:
+        frames = io.read_frames(half, 24.0)
+    import re
+
+    end, readable = re.search(pattern, str(caught[0].message)).groups()
+    end, readable = float(end), int(readable)
+    assert 0.5 < end < 3.5 and abs(readable - end * 24) <= 1
+    index = decode_index(frames)
+    assert len(index) == 96 and index[: int(end * 24) - 1] == list(range(int(end * 24) - 1))
+    assert set(index[round(end * 24) :]) == {index[-1]}  # the rest repeats the last decodable frame
+    with pytest.raises(V2AInputError, match=pattern):
+        io.read_frames(half, 24.0, strict=True)
+    with pytest.warns(io.PartialVideoWarning, match=pattern):
+        assert len(list(io.iter_frames(half))) == readable
+    with pytest.raises(V2AInputError, match=pattern):
+        list(io.iter_frames(half, strict=True))
+    with pytest.warns(io.PartialVideoWarning, match=r"half.mp4 is partial: its packets end at"):
+        io.probe_video(half, scan=True)
+    with pytest.raises(V2AInputError, match="is partial: its packets end at"):
+        io.probe_video(half, scan=True, strict=True)
+    with pytest.raises(V2AInputError, match=pattern):  # MMAudio's reader (it would cut the audio short)
+        read_video(half, 8.0, strict=True)

@@ -88,6 +88,57 @@ def test_offline_missing_file_is_one_clear_error(tmp_path):
         hub.download("nope", cache_dir=tmp_path, local_files_only=True)
 
 
+def test_without_network_the_cache_is_used_at_once(tmp_path, monkeypatch):
+    """No hub retries on a machine without network: one connection check, then the cache (or one clear line)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from v2a_sampler.models import registry
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in registry.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(registry, "_UNREACHABLE", {})
+    tries = []
+
+    def no_dns(address, timeout=None):
+        tries.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(registry.socket, "create_connection", no_dns)
+    modes = []
+    real_download, real_snapshot = huggingface_hub.hf_hub_download, huggingface_hub.snapshot_download
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda *a, **kw: modes.append(kw["local_files_only"]) or real_download(*a, **kw),
+    )
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **kw: modes.append(kw["local_files_only"]) or real_snapshot(*a, **kw))  # fmt: skip
+    host = urlparse(constants.ENDPOINT).hostname
+    with pytest.raises(CheckpointError) as e:
+        hub.download("small_16k", cache_dir=tmp_path)
+    assert str(e.value) == (
+        f"cannot get {hub.REPO_ID}/weights/mmaudio_small_16k.pth (601M download): no network "
+        f"({host}: [Errno -2] Name or service not known) and not in the local Hugging Face cache"
+    )
+    with pytest.raises(RuntimeError, match=f"cannot get model 'org/model': no network \\({host}: "):
+        registry.resolve_folder("org/model", cache_dir=tmp_path)
+    ckpt = tmp_path / "mmaudio_tiny.pth"  # a cached file needs no network
+    _tiny_checkpoint(ckpt)
+    cache = _fake_hub(tmp_path / "cache", hub.REPO_ID, {"weights/mmaudio_tiny.pth": ckpt})
+    table = {"tiny": hub.WeightFile(hub.REPO_ID, "weights/mmaudio_tiny.pth", hub.md5sum(ckpt), "1M")}
+    assert hub.download("tiny", cache_dir=cache, table=table).read_bytes() == ckpt.read_bytes()
+    assert modes == [True, True, True] and len(tries) == 1  # cache only, and one check per process
+    assert tries[0][1] == registry.HUB_CONNECT_TIMEOUT_S
+    monkeypatch.setattr(registry, "_UNREACHABLE", {})
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert registry.hub_unreachable() is None and len(tries) == 1  # behind a proxy a direct check proves nothing
+
+
 def test_bad_checkpoints_are_reported(tmp_path):
     with pytest.raises(CheckpointError, match="MMAudio small_16k: no such file"):
         hub.load_network(tmp_path / "missing.pth", "small_16k")

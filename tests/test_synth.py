@@ -235,3 +235,12 @@ def test_make_dataset(tmp_path):
         assert row["classes"] == sorted({o.class_name for o in again.objects})
     with pytest.raises(io.V2AInputError, match="output exists"):
         synth.make_dataset(tmp_path / "ds", 1, duration=1.0, size=32)
+
+
+def test_dataset_command_prints_one_progress_line_per_clip_off_a_terminal(tmp_path, capsys):
+    from v2a_sampler.synth.__main__ import main
+
+    assert main([str(tmp_path / "ds"), "--num-clips", "3", "--duration", "0.5", "--size", "16"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "1/3 clips\n2/3 clips\n3/3 clips\n"  # not "\r1/3 clips\r2/3 clips..." in a log
+    assert captured.out.strip() == str(tmp_path / "ds" / "manifest.jsonl")

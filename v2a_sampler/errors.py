@@ -14,3 +14,10 @@ def error_line(e: BaseException) -> str:
     if not text:
         return type(e).__name__
     return text if isinstance(e, PLAIN) else f"{type(e).__name__}: {text}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (tab, newline, terminal escape sequences, ...) written as its
+    Python escape (``\\t``, ``\\x1b``): a message quoting a user's file stays one line and cannot drive the
+    terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

@@ -908,6 +908,14 @@ _TOKEN_RE = re.compile(
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<op>[()\[\],=+\-*@]))"
 )
+#: Longest spec quoted whole in an error message; longer ones are cut (``...``).
+SHOWN_CHARS = 80
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
 #: Deepest nesting of parentheses and calls a spec may use.
 MAX_DEPTH = 64
 
@@ -931,8 +939,7 @@ class _Parser:
         self.depth = 0
 
     def error(self, msg: str) -> ValueError:
-        text = self.text if len(self.text) <= 80 else self.text[:77] + "..."
-        return ValueError(f"cannot parse guidance {text!r}: {msg}")
+        return ValueError(f"cannot parse guidance {_shown(self.text)!r}: {msg}")
 
     def peek(self, value: str | None = None, kind: str | None = None) -> bool:
         if self.i >= len(self.toks):
@@ -1070,27 +1077,50 @@ def parse(spec: str | Guidance | Mapping[str, Any] | None) -> Guidance:
     Accepts ``"none"``, ``"cfg(4.5)"``, ``"cfg(4.5,drop=text)"``, ``"ag(2)"``, ``"pg(2.7,0.15)"``,
     ``"hg(2.7,2.5,1.2)"``, ``"hg(1.5,1.5,2,order=ag)"``, bare names (``"hg"`` = paper defaults),
     ``"multi_cfg(video=3,text=2)"``, intervals ``"cfg(4.5)@[0.2,0.8]"``, branch keys (``"bad:cond"``), linear
-    combinations ``"0.5*cfg(3)+0.5*ag(2)"``, a dict from :meth:`Guidance.to_dict`, or a guidance object. Every
-    weight must be finite, and the result must evaluate at least one branch.
+    combinations ``"0.5*cfg(3)+0.5*ag(2)"``, a dict from :meth:`Guidance.to_dict` (or its JSON text), or a
+    guidance object. Every weight and every branch coefficient must be finite, and the result must evaluate at
+    least one branch; anything else is a one-line ``ValueError``.
     """
     if isinstance(spec, Guidance):
         return spec
     if spec is None:
         return none()
     if isinstance(spec, Mapping):
-        return check_branches(from_dict(spec))
+        return check_branches(_from_data(spec, None))
     text = str(spec).strip()
     if not text:
         raise ValueError("empty guidance spec")
     if text.startswith("{"):
-        return check_branches(from_json(text))
+        return check_branches(_from_data(text, text), text)
     return check_branches(_Parser(text).parse(), text)
 
 
+def _from_data(data: Mapping[str, Any] | str, text: str | None) -> Guidance:
+    """:func:`from_dict` / :func:`from_json` with every malformed input as one ``ValueError``."""
+    try:
+        return from_json(data) if isinstance(data, str) else from_dict(data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot parse guidance {_shown(text or '')!r}: invalid JSON ({e.msg} at column {e.colno})"
+                         ) from None  # fmt: skip
+    except ValueError:
+        raise
+    except (TypeError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        what = f"guidance {_shown(text)!r}" if text is not None else "guidance dict"
+        reason = _shown(f"{type(e).__name__}: {e}")
+        raise ValueError(f"cannot read {what}: not a guidance dict ({reason})") from None
+
+
 def check_branches(g: Guidance, text: str | None = None) -> Guidance:
-    """``g``, or ``ValueError`` when every branch coefficient cancels (``0*cfg(3)``, ``cfg(3)-cfg(3)``)."""
+    """``g``, or ``ValueError`` when every branch coefficient cancels (``0*cfg(3)``, ``cfg(3)-cfg(3)``) or a
+    coefficient overflows (``1e308*cfg(1e308)``: finite weights, infinite coefficients)."""
+    label = _shown(text or g.spec())
+    for regime in g.regimes():
+        for branch, c in regime.items():
+            if not math.isfinite(c):
+                raise ValueError(f"guidance {label!r} gives branch {branch.key} the coefficient {c}: the weights "
+                                 "overflow")  # fmt: skip
     if not g.all_branches:
-        raise ValueError(f"guidance {text or g.spec()!r} evaluates no branch: every coefficient is zero")
+        raise ValueError(f"guidance {label!r} evaluates no branch: every coefficient is zero")
     return g
 
 

@@ -4,13 +4,17 @@
     v2a-sample clips/*.mp4 --out sounds/ --mux     # several inputs (or a quoted glob), WAV + muxed MP4 each
 
 Every user error ends in one ``error:`` line on stderr and a non-zero exit code, never a traceback; outputs are
-written atomically and existing files are never replaced without ``--overwrite``.
+written atomically and existing files are never replaced without ``--overwrite``. Every input and every output path
+is checked before a model is loaded; when one of several inputs fails during generation the others are still
+generated, each failure gets its ``error:`` line and the exit code is non-zero.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -24,23 +28,35 @@ from rich.table import Table
 from .. import __version__
 from ..core import guidance as G
 from ..core import solvers
-from ..errors import error_line
+from ..errors import error_line, printable
 from ..pipelines.config import DTYPES, STEPS_WARN, ConfigError, RunConfig
-from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX
+from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX, ProgressLines, captured_warnings, exit_code
 
 GLOB_CHARS = "*?["
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# messages quote file names and user text: no emoji codes (":smile:"), no highlighting, no wrapping
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, emoji=False)
 
 
 class CliError(Exception):
-    """A user-facing failure: one line, an exit code."""
+    """A user-facing failure: one line (or one line per problem found), an exit code."""
 
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+    def __init__(self, message: str, code: int = EXIT_USAGE, more: list[str] | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.lines = [*(more or []), message]
+
+
+def _fail_all(problems: list[str], code: int = EXIT_USAGE) -> None:
+    """Raise one :class:`CliError` reporting every problem found (one ``error:`` line each)."""
+    if problems:
+        raise CliError(problems[-1], code, more=problems[:-1])
+
+
+def _warn(message: str) -> None:
+    _plain_line(f"warning: {message}")
 
 
 def _version(value: bool) -> None:
@@ -123,22 +139,52 @@ def plan_outputs(inputs: list[Path], out_arg: Path | None, mux: bool) -> list[tu
     return plans
 
 
-def _check_overwrite(plans: list[tuple[Path, Path | None]], extra: list[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    for p in [q for pair in plans for q in pair if q is not None] + extra:
-        if p.exists():
-            raise CliError(f"output exists: {p} (pass --overwrite to replace it)")
+def check_outputs(paths: list[Path], overwrite: bool) -> list[str]:
+    """Problems with writing ``paths`` (each named as the user gave it), found before any work: a path that is a
+    folder, an existing file without ``overwrite``, a folder that cannot be created or written to."""
+    problems: list[str] = []
+    folders: dict[Path, str | None] = {}
+    for p in paths:
+        if p.is_dir():
+            problems.append(f"output path is a folder: {p}")
+        elif p.exists() and not overwrite:
+            problems.append(f"output exists: {p} (pass --overwrite to replace it)")
+        folder = p.parent
+        if folder not in folders:
+            folders[folder] = _folder_problem(folder)
+            if folders[folder] is not None:
+                problems.append(folders[folder])
+    return problems
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), or ``None``."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot write to {folder}: {existing} is a file, not a folder"
+    try:  # a real attempt (permissions, read-only file systems, ACLs), not a guess from mode bits; deleted at once
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"cannot write to {folder}: {e.strerror or error_line(e)}"
+    return None
+
+
+def _check_matplotlib() -> None:
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
 
 
 def _save_spectrogram(mel, path: Path, title: str, overwrite: bool) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from ..media.io import atomic_output
 
     fig, ax = plt.subplots(figsize=(8, 3))
@@ -233,7 +279,14 @@ def main(
     explain: Annotated[
         bool, typer.Option("--explain", help="Print the branch coefficients and NFE of --guidance and exit.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or progress lines.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="A partial video (only its first part decodes: truncated or damaged) is an error, not a warning.",
+        ),
+    ] = False,
     manifest: Annotated[
         Path | None,
         typer.Option(
@@ -264,13 +317,13 @@ def main(
     try:
         config = RunConfig(model=model, bad_model=bad_model, device=device, dtype=dtype, compile=compile_model,
                            guidance=guidance, solver=solver, steps=steps, seed=seed, duration=duration,
-                           options=_options(option))  # fmt: skip
+                           options=_options(option), strict=strict)  # fmt: skip
         if explain:
             _explain(G.parse(config.guidance or _default_guidance(config)))
             return
         if config.steps is not None and config.steps > STEPS_WARN:
-            err.print(f"warning: --steps {config.steps} is far beyond where quality saturates (a few dozen)",
-                      markup=False)  # fmt: skip
+            _warn(f"--steps {config.steps} is far beyond where quality saturates (a few dozen); this run will be "
+                  "slow")  # fmt: skip
         text = {"prompt": prompt, "negative_prompt": negative_prompt}
         if manifest is not None:
             if prompt is not None or negative_prompt is not None:
@@ -283,14 +336,17 @@ def main(
         if not videos:
             raise CliError("no input video given (see v2a-sample --help)")
         _run(config, videos, out_path, mux, overwrite, text, spectrogram, quiet)
+    except typer.Exit:  # a RuntimeError to Python: not a failure to report here
+        raise
     except CliError as e:
-        err.print(f"error: {e}", markup=False)
+        for line in e.lines:
+            _plain_line(f"error: {line}")
         raise typer.Exit(e.code) from None
     except ValueError as e:  # includes V2AInputError and ConfigError
-        err.print(f"error: {error_line(e)}", markup=False)
+        _plain_line(f"error: {error_line(e)}")
         raise typer.Exit(EXIT_USAGE) from None
     except (RuntimeError, FloatingPointError, OSError) as e:  # includes PipelineLoadError
-        err.print(f"error: {error_line(e)}", markup=False)
+        _plain_line(f"error: {error_line(e)}")
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
@@ -333,15 +389,19 @@ def _load(config: RunConfig, rank_device: int | None = None):
 
 
 def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram, quiet) -> None:
+    """Videos on the command line: everything is checked first (inputs probed and scanned, output paths, optional
+    dependencies), then the model is loaded and each input generated; a failing input does not stop the others."""
     inputs = expand_inputs(videos)
     plans = plan_outputs(inputs, out_path, mux)
     pngs: list[Path] = []
     if spectrogram is not None:
+        _check_matplotlib()
         if len(inputs) > 1 or spectrogram.suffix.lower() != ".png":
             pngs = [spectrogram / (src.stem + ".png") for src in inputs]
         else:
             pngs = [spectrogram]
-    _check_overwrite(plans, pngs, overwrite)
+    partial = _probe_inputs(inputs, config.strict, config.duration)
+    _fail_all(check_outputs([q for pair in plans for q in pair if q is not None] + pngs, overwrite))
     t_load = time.perf_counter()
     pipe = _load(config)
     text = {k: v for k, v in text.items() if v is not None}
@@ -349,41 +409,111 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
         raise CliError(f"model {config.model or '(embedded)'} has no text condition: --prompt/--negative-prompt "
                        "need one (e.g. --model mmaudio:large_44k_v2)")  # fmt: skip
     plan = pipe.plan(config)
+    if mux:
+        from ..media.io import AAC_RATES
+
+        if pipe.sample_rate not in AAC_RATES:
+            raise CliError(f"--mux needs an AAC sample rate; the model generates {pipe.sample_rate} Hz")
     load_s = time.perf_counter() - t_load
+    several = len(inputs) > 1
+    codes: list[int] = []
+    bar = not quiet and err.is_terminal  # rich's live bar only on a terminal; elsewhere occasional plain lines
+    lines = None if quiet or bar else ProgressLines(_plain_line)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
-        disable=quiet,
+        disable=not bar,
         transient=True,
     ) as progress:
         files = progress.add_task("videos", total=len(inputs))
         for i, (src, (wav, mp4)) in enumerate(zip(inputs, plans, strict=True)):
             t0 = time.perf_counter()
             task = progress.add_task(f"{src.name}", total=plan.stages)
+            state = {"done": 0}
 
-            def tick(_info, task=task):
+            def tick(_info, task=task, src=src, state=state):
                 progress.advance(task)
+                state["done"] += 1
+                if lines is not None:
+                    lines.update(src.name, state["done"], plan.stages, "solver stages")
 
-            audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick, **text)
-            wav.parent.mkdir(parents=True, exist_ok=True)
-            audio.save(wav, overwrite=overwrite)
-            written = [wav]
-            if mp4 is not None:
-                audio.mux(src, mp4, overwrite=overwrite)
-                written.append(mp4)
-            if pngs:
-                pngs[i].parent.mkdir(parents=True, exist_ok=True)
-                _save_spectrogram(audio.mel, pngs[i], f"{src.name}  {plan.guidance.spec()}", overwrite)
-                written.append(pngs[i])
-            progress.remove_task(task)
-            progress.advance(files)
+            written: list[Path] = []
+            warned: list[tuple[type[Warning], str]] = []
+            try:
+                with captured_warnings() as warned:
+                    audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick,
+                                          **text)  # fmt: skip
+                    _write_outputs(audio, src, wav, mp4, pngs[i] if pngs else None, plan, overwrite, written)
+            except (ValueError, RuntimeError, FloatingPointError, OSError) as e:
+                _report_warnings(warned, src in partial)
+                for p in written:  # this input's files written before the failure: none is left behind
+                    p.unlink(missing_ok=True)
+                codes.append(exit_code(e))
+                _plain_line(f"error: {f'{src}: ' if several else ''}{error_line(e)}")
+                continue
+            finally:
+                progress.remove_task(task)
+                progress.advance(files)
+            _report_warnings(warned, src in partial)
             secs = time.perf_counter() - t0 + (load_s if i == 0 else 0.0)
             names = ", ".join(str(w) for w in written)
-            out.print(f"{src.name}: {plan.describe()}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}",
+            out.print(printable(f"{src.name}: {plan.describe()}, NFE {audio.info['nfe']}, {secs:.1f}s -> {names}"),
                       markup=False, soft_wrap=True)  # fmt: skip
+    if codes:  # every failure has had its error line
+        raise typer.Exit(EXIT_RUNTIME if EXIT_RUNTIME in codes else EXIT_USAGE)
+
+
+def _plain_line(line: str) -> None:
+    """One line on stderr, exactly as given (control characters escaped)."""
+    err.print(printable(line), markup=False)
+
+
+def _probe_inputs(inputs: list[Path], strict: bool, duration: float | None) -> set[Path]:
+    """Probe every input and scan its packets (the first ``duration`` seconds matter) before anything is loaded:
+    all bad inputs are reported together (exit 2); partial videos are warned about here (with ``strict``: reported
+    as bad). Returns the partial ones."""
+    from ..media import io
+
+    problems: list[str] = []
+    partial: set[Path] = set()
+    for src in inputs:
+        try:
+            with captured_warnings() as warned:
+                io.probe_video(src, scan=True, strict=strict, needed=duration)
+        except io.V2AInputError as e:
+            problems.append(error_line(e))
+            continue
+        for category, message in warned:
+            _warn(message)
+            partial.update([src] if issubclass(category, io.PartialVideoWarning) else [])
+    _fail_all(problems)
+    return partial
+
+
+def _report_warnings(warned: list[tuple[type[Warning], str]], already_partial: bool) -> None:
+    from ..media.io import PartialVideoWarning
+
+    for category, message in warned:
+        if not (already_partial and issubclass(category, PartialVideoWarning)):  # said once, when probed
+            _warn(message)
+
+
+def _write_outputs(audio, src: Path, wav: Path, mp4: Path | None, png: Path | None, plan, overwrite: bool,
+                   written: list[Path]) -> None:  # fmt: skip
+    """Write one input's files, appending each to ``written`` as soon as it exists."""
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    audio.save(wav, overwrite=overwrite)
+    written.append(wav)
+    if mp4 is not None:
+        audio.mux(src, mp4, overwrite=overwrite)
+        written.append(mp4)
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        _save_spectrogram(audio.mel, png, f"{src.name}  {plan.guidance.spec()}", overwrite)
+        written.append(png)
 
 
 def _run_manifest(config: RunConfig, manifest, videos, out_path, out_dir, mux, overwrite, spectrogram, batch_size,
@@ -400,12 +530,15 @@ def _run_manifest(config: RunConfig, manifest, videos, out_path, out_dir, mux, o
     if spectrogram is not None:
         raise CliError("--spectrogram is not available with --manifest")
     rows = datagen.read_manifest(manifest)  # before loading anything: a bad manifest fails fast
+    problem = _folder_problem(out_dir)
+    if problem is not None:
+        raise CliError(problem)
     info = datagen.dist_info()
     pipe = _load(config, rank_device=info.local_rank if info.world_size > 1 else None)
     pipe.plan(config)  # a setting that can never work fails here, before the first row
+    progress = False if quiet else (None if err.is_terminal else _plain_line)  # a bar on a terminal, else lines
     summary = datagen.run_manifest(rows, out_dir, pipe, config, batch_size=batch_size, mux=mux, overwrite=overwrite,
-                                   progress=False if quiet else None,
-                                   warn=lambda m: err.print(f"warning: {m}", markup=False))  # fmt: skip
+                                   progress=progress, warn=_warn)  # fmt: skip
     t = summary["totals"]
     failed = t["failed"]
     if info.rank == 0:

@@ -20,7 +20,9 @@ rows are sharded over the processes).
 * **Resume**: a row is finished when all its output files exist (they are written to a temporary file and renamed),
   so a restarted run skips finished rows (``skipped``) and regenerates the rest; stale temporary files of this run's
   outputs are deleted. A video that cannot be read or generated is recorded as ``failed`` with its one-line error
-  and the run goes on. ``overwrite=True`` regenerates every row.
+  and the run goes on. Warnings about a row (a partial video, a re-encoded muxed video) are kept in its record
+  (``warnings``); with ``RunConfig(strict=True)`` a partial video fails its row. ``overwrite=True`` regenerates
+  every row.
 * **State** (``DIR/.v2a/``): ``run.json`` (the settings outputs were made with; resuming with different settings is
   an error), ``log.rank-<r>.jsonl`` (one record per finished or failed row, appended after its files are renamed)
   and per-rank summary parts. ``DIR/summary.json`` (written atomically by rank 0 after all ranks finished) lists
@@ -45,12 +47,12 @@ from typing import Any
 
 import torch
 
-from ..errors import error_line
+from ..errors import error_line, printable
 from ..media import io
 from ..media.specs import DEFAULT_GL_ITERS
 from ..pipelines.base import RunPlan, V2APipeline
-from ..pipelines.config import RunConfig
-from .common import MUX_SUFFIX
+from ..pipelines.config import MAX_SEED, RunConfig
+from .common import MUX_SUFFIX, ProgressLines, captured_warnings
 
 __all__ = [
     "LOG_PREFIX",
@@ -167,7 +169,9 @@ def _parse_row(values: dict[str, Any], index: int, line: int, path: Path, base: 
     if not isinstance(video, str) or not video.strip():
         raise ManifestError(f"{where}: missing or empty 'video'")
     source = video.strip()
-    full = Path(os.path.abspath(base / Path(source).expanduser()))
+    if "\x00" in source:
+        raise ManifestError(f"{where}: 'video' contains a NUL character")
+    full = Path(os.path.abspath(base / os.path.expanduser(source)))  # "~user" of no user stays as written
     row_id = _text(values.get("id"))
     if row_id is not None and (UNSAFE.search(row_id) or row_id.startswith(".") or len(row_id) > 200):
         raise ManifestError(f"{where}: id {row_id!r} is not a plain file name (letters, digits, '.', '_', '-')")
@@ -192,10 +196,16 @@ def _parse_row(values: dict[str, Any], index: int, line: int, path: Path, base: 
             seed = int(str(raw).strip())
         except ValueError:
             raise ManifestError(f"{where}: bad seed {raw!r} (an integer)") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise ManifestError(f"{where}: bad seed {raw!r} (an integer from 0 to 2**63 - 1)")
     prompt = values.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ManifestError(f"{where}: prompt must be text, got {type(prompt).__name__}")
     extra = {k: v for k, v in values.items() if k not in ("video", *OPTION_COLUMNS) and k is not None}
+    try:  # kept in the summary and the logs, which are strict JSON
+        json.dumps(extra, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise ManifestError(f"{where}: other columns must hold plain JSON values (no NaN or infinity)") from None
     return ManifestRow(index, line, full, source, row_id, duration, seed, _text(prompt), extra, base)
 
 
@@ -234,6 +244,8 @@ def _read_jsonl(path: Path, text: str, base: Path) -> list[ManifestRow]:
             values = json.loads(line)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{path.name} line {line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise ManifestError(f"{path.name} line {line_no}: JSON nested too deeply") from None
         if not isinstance(values, dict):
             raise ManifestError(f"{path.name} line {line_no}: expected a JSON object, got {type(values).__name__}")
         rows.append(_parse_row(values, len(rows), line_no, path, base))
@@ -415,7 +427,7 @@ def _clean_temp_files(folder: Path, targets: set[str], keep: set[str] | None = N
 
 
 def _stderr_warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -425,6 +437,7 @@ class _Pending:
     frames: Any
     duration: float
     load_s: float
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -441,7 +454,7 @@ class _Job:
     batch_size: int
     mux: bool
     overwrite: bool
-    progress: bool | None
+    progress: bool | Callable[[str], None] | None
     on_row: Callable[[dict[str, Any]], None] | None
     warn: Callable[[str], None]
     tag: str = ""  # "[rank r] " in multi-process runs
@@ -509,21 +522,29 @@ class _Runner:
             if self.job.on_row is not None:
                 self.job.on_row(rec)
 
-    def fail(self, row: ManifestRow, seed: int, error: BaseException, seconds: float) -> None:
+    def fail(self, row: ManifestRow, seed: int, error: BaseException, seconds: float, warned=()) -> None:
         rec = self.base_record(row, seed, "failed")
-        self.record({**rec, "error": error_line(error), "seconds": round(seconds, 4)})
+        self.record({**rec, "error": error_line(error), "seconds": round(seconds, 4), **self.warned(row, warned)})
+
+    def warned(self, row: ManifestRow, messages: Sequence[str]) -> dict[str, Any]:
+        """Report a row's warnings (``warn``) and return them as record fields (none: no field)."""
+        for m in messages:
+            self.job.warn(f"{self.job.tag}row {row.index} ({row.source}): {m}")
+        return {"warnings": list(messages)} if messages else {}
 
     def add(self, row: ManifestRow, seed: int) -> None:
         t0 = time.perf_counter()
+        found: list[tuple[type[Warning], str]] = []
         try:
             wanted = row.duration if row.duration is not None else self.job.config.duration
-            frames, dur = self.job.pipe.load_video(row.video, wanted)
+            with captured_warnings() as found:
+                frames, dur = self.job.pipe.load_video(row.video, wanted, strict=self.job.plan.strict)
         except Exception as e:  # one bad video must not stop the run
-            self.fail(row, seed, e, time.perf_counter() - t0)
+            self.fail(row, seed, e, time.perf_counter() - t0, [m for _, m in found])
             return
         key = (round(dur, 6), len(frames), row.prompt if self.job.text else None)
         bucket = self.buckets.setdefault(key, [])
-        bucket.append(_Pending(row, seed, frames, dur, time.perf_counter() - t0))
+        bucket.append(_Pending(row, seed, frames, dur, time.perf_counter() - t0, [m for _, m in found]))
         if len(bucket) >= self.job.batch_size:
             self.flush(key)
         elif sum(len(b) for b in self.buckets.values()) >= BUFFER_BATCHES * self.job.batch_size:
@@ -549,18 +570,23 @@ class _Runner:
                 for p in items:
                     self.generate([p])
                 return
-            self.fail(items[0].row, items[0].seed, e, time.perf_counter() - t0 + items[0].load_s)
+            p = items[0]
+            self.fail(p.row, p.seed, e, time.perf_counter() - t0 + p.load_s, p.warnings)
             return
         share = (time.perf_counter() - t0) / len(items)
         for p, audio in zip(items, outs, strict=True):
             t1 = time.perf_counter()
             names = output_names(p.row, self.job.mux)
+            found: list[tuple[type[Warning], str]] = []
             try:
-                audio.save(self.job.out_dir / names[0], overwrite=True)
-                if self.job.mux:
-                    audio.mux(p.row.video, self.job.out_dir / names[1], overwrite=True)
+                with captured_warnings() as found:
+                    audio.save(self.job.out_dir / names[0], overwrite=True)
+                    if self.job.mux:
+                        audio.mux(p.row.video, self.job.out_dir / names[1], overwrite=True)
             except Exception as e:
-                self.fail(p.row, p.seed, e, p.load_s + share + time.perf_counter() - t1)
+                (self.job.out_dir / names[0]).unlink(missing_ok=True)  # a row is all its files or none
+                self.fail(p.row, p.seed, e, p.load_s + share + time.perf_counter() - t1,
+                          p.warnings + [m for _, m in found])  # fmt: skip
                 continue
             rec = self.base_record(p.row, p.seed, "done")
             rec.update(
@@ -568,6 +594,7 @@ class _Runner:
                 audio_seconds=round(audio.duration, 4),
                 batch=len(items),
                 nfe=audio.info.get("nfe"),
+                **self.warned(p.row, p.warnings + [m for _, m in found if m not in p.warnings]),
             )
             self.record(rec)
 
@@ -597,7 +624,7 @@ def run_manifest(
     batch_size: int = 1,
     mux: bool = False,
     overwrite: bool = False,
-    progress: bool | None = None,
+    progress: bool | Callable[[str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     warn: Callable[[str], None] | None = None,
     griffin_lim_iters: int | None = None,
@@ -613,7 +640,8 @@ def run_manifest(
     video for MMAudio). Under ``torchrun`` each rank generates its shard and rank 0 returns (and writes to
     ``out_dir/summary.json``) the summary of all ranks; other ranks return their own part. ``on_row`` is called
     with each ``done``/``failed`` record after it is logged; ``warn`` receives warnings (default: stderr).
-    ``progress`` shows a progress bar (default: on rank 0 when stderr is a terminal).
+    ``progress`` shows a progress bar (default: on rank 0 when stderr is a terminal); a callable instead receives
+    a plain progress line every few seconds (``rows: 12/40 rows, 35s``; for logs, where a live bar cannot draw).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -673,12 +701,21 @@ def _run(job: _Job) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    show = job.progress if job.progress is not None else (info.rank == 0 and sys.stderr.isatty())
+    lines = ProgressLines(job.progress) if callable(job.progress) else None
+    show = job.progress is True or (job.progress is None and info.rank == 0 and sys.stderr.isatty())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=not show, transient=True) as bar:  # fmt: skip
         pending = [r for r in mine if job.overwrite or not all((out_dir / n).is_file() for n in output_names(r, mux))]
         task = bar.add_task(f"{job.tag}rows", total=len(pending))
-        runner = _Runner(job, state / f"{LOG_PREFIX}{info.rank}.jsonl", lambda: bar.advance(task))
+        done = [0]
+
+        def advance() -> None:
+            bar.advance(task)
+            done[0] += 1
+            if lines is not None:
+                lines.update(f"{job.tag}rows", done[0], len(pending), "rows")
+
+        runner = _Runner(job, state / f"{LOG_PREFIX}{info.rank}.jsonl", advance)
         todo = {r.index for r in pending}
         for r in mine:
             if r.index not in todo:

@@ -1,6 +1,7 @@
 """Audio/video I/O for the pipeline and the CLI: probing, timestamp-based frame sampling, atomic WAV writing and muxing.
 
-* :func:`probe_video` reads a video's duration, frame rate, size, frame count and whether it has audio.
+* :func:`probe_video` reads a video's duration, frame rate, size, frame count and whether it has audio; with
+  ``scan=True`` it also reads every packet (without decoding) to find files that end early.
 * :func:`read_frames` samples frames **by timestamp** at a fixed target rate (the embedded model's rule): the
   frame for target time ``t_k = start + k / fps`` is the latest decoded frame whose presentation time is
   ``<= t_k + TIME_EPS`` (1 ms; the first frame when none is), and a window of ``duration`` seconds gives exactly
@@ -11,8 +12,13 @@
 * :func:`read_audio` decodes the first audio stream of any file FFmpeg reads (WAV, MP4, ...).
 * :func:`write_wav` and :func:`mux` write atomically (a temporary file in the same directory, then ``os.replace``)
   and refuse to overwrite an existing file unless ``overwrite=True``. :func:`mux` copies the video stream (it
-  re-encodes only when the output container cannot hold the source codec) and adds the audio as AAC, padded or
-  trimmed to the video's duration.
+  re-encodes only when the output container cannot hold the source codec, and then says so with a
+  :class:`ReencodeWarning`) and adds the audio as AAC, padded or trimmed to the video's duration.
+
+A video whose frames end well before its container says (a truncated download, a damaged file) is *partial*: the
+readers detect it (decoded or demuxed end vs the container's duration, :data:`PARTIAL_SLACK_FRAMES`; a decoding error
+after the first frames ends the readable part) and emit a :class:`PartialVideoWarning` with the numbers, or with
+``strict=True`` raise :class:`V2AInputError`.
 
 Times are in seconds, measured from the start of the first video stream. Every failure raises
 :class:`V2AInputError` with a one-line message.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,10 +42,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ..errors import error_line
+
 __all__ = [
     "AAC_BITRATE",
     "AAC_RATES",
     "MuxInfo",
+    "PartialVideoWarning",
+    "ReencodeWarning",
     "V2AInputError",
     "VideoInfo",
     "add_video_encoder",
@@ -66,6 +77,9 @@ ROUNDING_EPS = 1e-9
 #: How far (seconds) a requested window may run past the video's end: container durations are rounded, and
 #: targets past the last frame reuse it. Larger overshoots are reported as errors.
 END_TOLERANCE_S = 0.05
+#: A video is partial when the frames that can be read end more than this many frame periods (and more than
+#: ``END_TOLERANCE_S``) before the container's duration: one missing frame at the end is common and harmless.
+PARTIAL_SLACK_FRAMES = 1.0
 #: swscale interpolation used when resizing frames (MMAudio resizes with bicubic interpolation).
 RESIZE_INTERPOLATION = "BICUBIC"
 #: AAC bit rate (bits/s) of muxed audio: transparent enough for 16-48 kHz mono/stereo generated audio.
@@ -83,6 +97,14 @@ FASTSTART = {"movflags": "+faststart"}
 
 class V2AInputError(ValueError):
     """A bad input or output path: missing file, not a video, no frames, unreadable codec, output exists, ...."""
+
+
+class PartialVideoWarning(UserWarning):
+    """Only the first part of a video can be read (truncated or damaged file); the message has the numbers."""
+
+
+class ReencodeWarning(UserWarning):
+    """:func:`mux` had to re-encode the video: the output container cannot hold the source codec."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +153,9 @@ def _open_input(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise V2AInputError(f"cannot read {path}: not a media file FFmpeg understands ({e.strerror})") from None
+        raise V2AInputError(
+            f"cannot read {path}: not a media file FFmpeg understands, or a truncated one ({e.strerror})"
+        ) from None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
@@ -197,11 +221,42 @@ def _probe(container: av.container.InputContainer, path: Path) -> tuple[VideoInf
     return info, stream
 
 
-def probe_video(path: PathLike) -> VideoInfo:
-    """Duration, frame rate, size, frame count and audio presence of a video file."""
+def probe_video(path: PathLike, scan: bool = False, strict: bool = False, needed: float | None = None) -> VideoInfo:
+    """Duration, frame rate, size, frame count and audio presence of a video file.
+
+    ``scan=True`` also reads every packet of the video stream (no decoding: fast) and checks that they reach the
+    container's duration (or the first ``needed`` seconds): a file that ends early (e.g. the first half of a
+    faststart MP4) gives a :class:`PartialVideoWarning`, or with ``strict`` a :class:`V2AInputError`.
+    """
     p = _existing_file(path, "video")
     with _open_input(p) as container:
-        return _probe(container, p)[0]
+        info, stream = _probe(container, p)
+        index = list(container.streams.video).index(stream)
+    if scan:
+        try:
+            count, end = _scan_packets(p, index)
+        except av.error.FFmpegError as e:
+            raise V2AInputError(f"cannot read the video in {p}: {e.strerror}") from None
+        _check_complete(p, info, end, count, info.duration if needed is None else needed, strict, "packets")
+    return info
+
+
+def _check_complete(
+    path: Path, info: VideoInfo, end: float, count: int, needed: float, strict: bool, what: str = "frames"
+) -> None:
+    """Warn (or raise, ``strict``) when what can be read of a video ends before ``needed`` seconds (at most the
+    container's duration), by more than the slack of :data:`PARTIAL_SLACK_FRAMES`."""
+    needed = min(needed, info.duration)
+    slack = max(END_TOLERANCE_S, PARTIAL_SLACK_FRAMES / info.fps)
+    if end >= needed - slack:
+        return
+    message = (
+        f"{path} is partial: its {what} end at {end:.3f} s of {info.duration:.3f} s ({count} of {info.num_frames} "
+        "frames readable; truncated or damaged file)"
+    )
+    if strict:
+        raise V2AInputError(message)
+    warnings.warn(PartialVideoWarning(message), stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,22 +264,47 @@ def probe_video(path: PathLike) -> VideoInfo:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def iter_frames(path: PathLike) -> Iterator[tuple[int, float, av.VideoFrame]]:
+def iter_frames(path: PathLike, strict: bool = False) -> Iterator[tuple[int, float, av.VideoFrame]]:
     """Every decoded frame of a video's first video stream as ``(index, seconds from the stream start, frame)``.
 
     For readers with their own frame-selection rule; raises :class:`V2AInputError` for unreadable files. The file
-    closes when the iteration ends (or the generator is closed).
+    closes when the iteration ends (or the generator is closed). When the frames run out well before the
+    container's duration the video is partial: a :class:`PartialVideoWarning` (``strict``: an error) at the end.
     """
     p = _existing_file(path, "video")
     with _open_input(p) as container:
         info, stream = _probe(container, p)
         origin = _start_seconds(stream)
         period = 1.0 / info.fps  # only for frames without timestamps
+        count, end = 0, 0.0
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                yield index, (frame.time - origin if frame.time is not None else index * period), frame
+            for index, frame in enumerate(_decoded(container, stream)):
+                t = frame.time - origin if frame.time is not None else index * period
+                count, end = count + 1, max(end, t + _frame_seconds(frame, period))
+                yield index, t, frame
         except av.error.FFmpegError as e:
-            raise V2AInputError(f"cannot decode the video in {p}: {e.strerror}") from None
+            if count == 0:
+                raise V2AInputError(f"cannot decode the video in {p}: {e.strerror}") from None
+            # damaged after some frames (a file cut inside a packet): the readable part ends here
+    _check_complete(p, info, end, count, info.duration, strict)
+
+
+def _decoded(container: av.container.InputContainer, stream: Any) -> Iterator[av.VideoFrame]:
+    """The decoded frames of ``stream``, skipping packets the decoder rejects (damaged, or cut off at the end of a
+    truncated file): the frames around them still decode, and the partial-video check reports what is missing."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError:
+            continue
+
+
+def _frame_seconds(frame: av.VideoFrame, period: float) -> float:
+    """How long a decoded frame is shown: its own duration where the container records one, else ``period``."""
+    duration = getattr(frame, "duration", None)
+    if duration and frame.time_base is not None:
+        return float(duration * frame.time_base)
+    return period
 
 
 def num_target_frames(duration: float, fps: float) -> int:
@@ -250,13 +330,16 @@ def read_frames(
     size: int | tuple[int, int] | None = None,
     start: float = 0.0,
     duration: float | None = None,
+    strict: bool = False,
 ) -> torch.Tensor:
     """Frames sampled at ``fps`` by timestamp, as a uint8 tensor ``[T, H, W, 3]`` (RGB).
 
     ``T = num_target_frames(duration, fps)``; frame ``k`` is the latest source frame whose timestamp is at most
     ``start + k / fps + TIME_EPS`` (the first frame if none is). ``size`` is ``H`` (square) or ``(H, W)``; frames
     are resized to it without keeping the aspect ratio; ``None`` keeps the source size. ``duration`` defaults to
-    the rest of the video; a window ending more than ``END_TOLERANCE_S`` past the video's end is an error.
+    the rest of the video; a window ending more than ``END_TOLERANCE_S`` past the video's end is an error. When
+    the decodable frames end well before the window does (a partial video), the missing targets repeat the last
+    decoded frame and a :class:`PartialVideoWarning` says so; ``strict`` makes it a :class:`V2AInputError`.
     """
     if not (math.isfinite(fps) and fps > 0):
         raise V2AInputError(f"fps must be a positive number, got {fps!r}")
@@ -277,7 +360,10 @@ def read_frames(
         if count == 0:
             raise V2AInputError(f"a {window:.4f} s window holds no frame at {fps} fps")
         targets = start + np.arange(count) / fps
-        frames = _sample_frames(container, stream, targets, hw, p)
+        frames, count, end = _sample_frames(container, stream, targets, hw, p)
+    if end is not None:  # the decoder ran out of frames before the last target
+        count = count if targets[0] == 0 else round(end * info.fps)  # after a seek: frames before it not counted
+        _check_complete(p, info, end, count, start + window, strict)
     return torch.from_numpy(np.stack(frames))
 
 
@@ -287,8 +373,9 @@ def _sample_frames(
     targets: np.ndarray,
     hw: tuple[int, int] | None,
     path: Path,
-) -> list[np.ndarray]:
-    """The decoding loop of :func:`read_frames`: converts only the frames it emits."""
+) -> tuple[list[np.ndarray], int, float | None]:
+    """The decoding loop of :func:`read_frames`: converts only the frames it emits. Returns the frames, the number
+    decoded and, when the decoder ran out before the last target, where the decoded frames end (seconds)."""
     origin = _start_seconds(stream)
     period = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)  # only for frames without timestamps
     if targets[0] > 0:
@@ -297,7 +384,8 @@ def _sample_frames(
     out: list[np.ndarray] = []
     previous: av.VideoFrame | None = None
     previous_array: np.ndarray | None = None
-    k = 0
+    k = count = 0
+    end = 0.0
 
     def convert(frame: av.VideoFrame) -> np.ndarray:
         kwargs: dict[str, Any] = {"format": "rgb24"}
@@ -306,8 +394,9 @@ def _sample_frames(
         return frame.to_ndarray(**kwargs)
 
     try:
-        for index, frame in enumerate(container.decode(stream)):
+        for index, frame in enumerate(_decoded(container, stream)):
             t = float(frame.pts * frame.time_base) - origin if frame.pts is not None else index * period
+            count, end = count + 1, max(end, t + _frame_seconds(frame, period))
             if previous is not None:
                 while k < len(targets) and t > targets[k] + TIME_EPS:
                     if previous_array is None:
@@ -318,15 +407,18 @@ def _sample_frames(
             if k >= len(targets):
                 break
     except av.error.FFmpegError as e:
-        raise V2AInputError(f"cannot decode the video in {path}: {e.strerror}") from None
+        if previous is None:
+            raise V2AInputError(f"cannot decode the video in {path}: {e.strerror}") from None
+        # damaged after some frames (a file cut inside a packet): the readable part ends here, checked by the caller
     if previous is None:
         raise V2AInputError(f"video has no decodable frames: {path}")
+    ran_out = k < len(targets)
     while k < len(targets):  # targets after the last frame show the last frame
         if previous_array is None:
             previous_array = convert(previous)
         out.append(previous_array)
         k += 1
-    return out
+    return out, count, (end if ran_out else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,11 +503,15 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s directory; on success move it onto ``path``, on failure delete it.
 
     Refuses (before any work) when ``path`` exists and ``overwrite`` is false. A failed write leaves neither a
-    partial file nor a changed ``path``.
+    partial file nor a changed ``path``; an ``OSError`` while writing is re-raised naming ``path`` (never the
+    temporary file).
     """
     target = Path(path)
     _check_output(target, overwrite)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as e:
+        raise OSError(f"cannot write {target}: {e.strerror or error_line(e)}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -427,6 +523,12 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
             os.replace(tmp, target)
         else:
             _link_no_clobber(tmp, target)
+    except OSError as e:  # disk full, permissions changed, ...: name the user's path, not the temporary file
+        raise OSError(f"cannot write {target}: {e.strerror or error_line(e).replace(str(tmp), str(target))}") from e
+    except Exception as e:  # a writer's own error that names the temporary file (soundfile does)
+        if str(tmp) not in str(e):
+            raise
+        raise OSError(f"cannot write {target}: {error_line(e).replace(str(tmp), str(target))}") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -561,8 +663,9 @@ def mux(
     """Write ``video_path``'s video with ``audio`` as AAC into ``out_path`` (.mp4/.m4v/.mov/.mkv), atomically.
 
     The video stream is copied; it is re-encoded (see :func:`pick_video_encoder`) only when the output container
-    cannot hold its codec. Source audio, subtitle and data streams are dropped. The audio (``[N]`` or ``[C, N]``
-    at ``sample_rate``) starts with the video and is zero-padded or trimmed to the video's duration.
+    cannot hold its codec (e.g. VP8 into MP4), with a :class:`ReencodeWarning`. Source audio, subtitle and data
+    streams are dropped. The audio (``[N]`` or ``[C, N]`` at ``sample_rate``) starts with the video and is
+    zero-padded or trimmed to the video's duration.
     """
     rate = _check_rate(sample_rate)
     if rate not in AAC_RATES:
@@ -586,4 +689,10 @@ def mux(
                 codec, copied = _mux_once(info.path, tmp, wave, rate, fmt, copy=False), False
             except av.error.FFmpegError as e:
                 raise V2AInputError(f"cannot write {out}: {e.strerror}") from None
+    if not copied:
+        warnings.warn(
+            ReencodeWarning(f"{out}: {out.suffix} cannot hold {info.codec} video, so the video was re-encoded to "
+                            f"{codec} (a container that holds {info.codec}, e.g. .mkv, keeps it as is)"),
+            stacklevel=2,
+        )  # fmt: skip
     return MuxInfo(out, info.duration, copied, codec, "aac", samples)

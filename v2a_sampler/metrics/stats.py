@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .classifier import TimbreClassifier, class_counts, load_classifier, window_embeddings
-from .frechet import frechet_distance
+from .frechet import frechet_distance_from_stats, gaussian_stats
 from .inputs import AudioLike, EventLike
 from .onsets import DEFAULT_TOLERANCE_S, OnsetCounts, onset_counts
 
@@ -100,8 +100,23 @@ def pooled(scores: ClipScores, metric: str, reference: torch.Tensor | None = Non
         if reference is None:
             raise ValueError(f"{metric} needs the reference windows")
         gen = torch.cat([scores.windows[i] for i in idx])
-        return frechet_distance(gen, reference) if metric == "fd" else kid(gen, reference)[0]
+        if metric == "kid":
+            return kid(gen, reference)[0]
+        return frechet_distance_from_stats(*gaussian_stats(gen), *_reference_stats(reference))
     raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+
+
+_REFERENCE_STATS: dict[int, tuple[torch.Tensor, np.ndarray, np.ndarray]] = {}
+
+
+def _reference_stats(reference: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian statistics of a reference set, computed once per tensor (bootstraps reuse them)."""
+    hit = _REFERENCE_STATS.get(id(reference))
+    if hit is None or hit[0] is not reference:
+        hit = (reference, *gaussian_stats(reference))
+        _REFERENCE_STATS.clear()
+        _REFERENCE_STATS[id(reference)] = hit
+    return hit[1], hit[2]
 
 
 @dataclass(frozen=True)

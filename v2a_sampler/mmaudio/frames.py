@@ -161,11 +161,12 @@ def sync_transform(frames: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_video(path: str | os.PathLike, duration: float = DEFAULT_DURATION) -> MMAudioFrames:
+def read_video(path: str | os.PathLike, duration: float = DEFAULT_DURATION, strict: bool = False) -> MMAudioFrames:
     """CLIP and Synchformer frames of the first ``duration`` seconds of a video, as the official demo reads them.
 
     Raises :class:`~v2a_sampler.media.io.V2AInputError` for unreadable files, and when the video holds less than one
-    Synchformer window (16 frames at 25 fps, 0.64 s).
+    Synchformer window (16 frames at 25 fps, 0.64 s). A partial video (frames end well before the container's
+    duration) gives a :class:`~v2a_sampler.media.io.PartialVideoWarning`, with ``strict`` an error.
     """
     if not (isinstance(duration, int | float) and math.isfinite(duration) and duration > 0):
         raise io.V2AInputError(f"duration must be a positive number of seconds, got {duration!r}")
@@ -175,7 +176,7 @@ def read_video(path: str | os.PathLike, duration: float = DEFAULT_DURATION) -> M
     kept: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
     indices: tuple[list[int], list[int]] = ([], [])
     targets = [0.0, 0.0]
-    frames = io.iter_frames(p)
+    frames = io.iter_frames(p, strict=strict)
     try:
         for index, t, frame in frames:
             if t < 0:

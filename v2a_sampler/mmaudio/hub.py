@@ -6,7 +6,8 @@ The table mirrors the official download list (hkchengrex/MMAudio ``mmaudio/utils
 published as GitHub release assets, kept here as ``url`` for reference). The 44.1 kHz vocoder is NVIDIA's BigVGAN v2
 (``nvidia/bigvgan_v2_44khz_128band_512x``), which the official code fetches without a checksum.
 
-Downloads go through ``huggingface_hub`` (its cache, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``); a file is verified
+Downloads go through ``huggingface_hub`` (its cache, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``; on a machine where the hub
+cannot be reached, :func:`~v2a_sampler.models.registry.hub_unreachable`, the cache is used at once); a file is verified
 against its MD5 once and the verdict is remembered next to it (keyed by size and modification time), so large
 checkpoints are hashed once, not at every load.
 """
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import hub_settings, save_pretrained
+from ..models.registry import hub_settings, hub_unreachable, save_pretrained
 from .checkpoints import CheckpointError, load_into, read_state_dict
 from .network import STALE_KEYS, VARIANTS, MMAudio
 
@@ -115,8 +116,9 @@ def download(
 ) -> Path:
     """Local path of the official file ``name`` (a key of :data:`FILES`), downloaded into the hub cache if needed.
 
-    ``local_files_only`` (default: ``HF_HUB_OFFLINE``) never touches the network. Raises :class:`CheckpointError`
-    with one clear line when the file cannot be had or fails its checksum.
+    ``local_files_only`` (default: ``HF_HUB_OFFLINE``) never touches the network; neither does a machine where the hub
+    cannot be reached (then the cache is used at once, without the hub client's retries). Raises
+    :class:`CheckpointError` with one clear line when the file cannot be had or fails its checksum.
     """
     from huggingface_hub import hf_hub_download
 
@@ -125,9 +127,14 @@ def download(
         raise ValueError(f"unknown MMAudio weight file {name!r}; known: {', '.join(table)}")
     entry = table[name]
     cache, offline = hub_settings(cache_dir, local_files_only)
+    unreachable = None if offline else hub_unreachable()
     try:
-        got = hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache, local_files_only=offline)
+        got = hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache,
+                              local_files_only=offline or unreachable is not None)  # fmt: skip
     except Exception as e:  # network errors, missing files, incomplete caches: one clear line
+        if unreachable is not None:
+            raise CheckpointError(f"cannot get {entry.repo_id}/{entry.filename} ({entry.size} download): no network "
+                                  f"({unreachable}) and not in the local Hugging Face cache") from None  # fmt: skip
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         mode = "offline: cache only" if offline else f"{entry.size} download"
         raise CheckpointError(

@@ -17,9 +17,11 @@ import importlib
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,7 +51,14 @@ RESERVED_KEYS = (
 #: Weight dtypes :func:`save_pretrained` may store in (``storage_dtype``); loading casts them back to ``dtype``.
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 
+#: Seconds to wait for a TCP connection to the hub before treating this machine as offline (the hub client itself
+#: would retry for about half a minute, printing a line per retry).
+HUB_CONNECT_TIMEOUT_S = 3.0
+#: Environment variables naming a proxy: with one set, a direct connection test proves nothing, so none is made.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
 _ARCHITECTURES: dict[str, type[DenoiserModule]] = {}
+_UNREACHABLE: dict[tuple[str, int], str | None] = {}  # hub_unreachable's verdicts, once per process
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -194,6 +203,29 @@ def hub_settings(
     return (cache_dir if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None), offline
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here (``"huggingface.co: [Errno -2] Name or service not
+    known"``), or ``None`` when it can, or when a proxy is configured (:data:`PROXY_VARIABLES`).
+
+    One DNS look-up and TCP connection to the hub's endpoint (``HF_ENDPOINT``) within
+    :data:`HUB_CONNECT_TIMEOUT_S`, remembered for the process. Hub calls use it to go to the local cache at once on
+    a machine without network, instead of the client's retries.
+    """
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    if (host, port) not in _UNREACHABLE:
+        try:
+            with socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S):
+                _UNREACHABLE[host, port] = None
+        except OSError as e:
+            _UNREACHABLE[host, port] = f"{host}: {e}"
+    return _UNREACHABLE[host, port]
+
+
 def resolve_folder(
     name_or_path: str | os.PathLike,
     subfolder: str | None = None,
@@ -206,7 +238,7 @@ def resolve_folder(
     Environment variables are read at call time: ``HF_HUB_CACHE`` (cache folder) and ``HF_HUB_OFFLINE`` (no
     network: only the local cache is used).
     """
-    path = Path(name_or_path).expanduser()
+    path = Path(os.path.expanduser(name_or_path))  # "~user" of no user stays as written
     if path.is_dir():
         root = path
     elif path.exists():
@@ -232,16 +264,20 @@ def _download(
     from huggingface_hub import snapshot_download
 
     cache, offline = hub_settings(cache_dir, local_files_only)
+    unreachable = None if offline else hub_unreachable()
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     try:
         got = snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=cache,
-            local_files_only=offline,
+            local_files_only=offline or unreachable is not None,
             allow_patterns=[prefix + CONFIG_NAME, prefix + WEIGHTS_NAME],
         )
     except Exception as e:  # network errors, missing repos, incomplete caches: one clear line
+        if unreachable is not None:
+            raise RuntimeError(f"cannot get model {repo_id!r}: no network ({unreachable}) and not in the local "
+                               "Hugging Face cache") from None  # fmt: skip
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         mode = "offline (HF_HUB_OFFLINE / local_files_only), cache only" if offline else "online"
         raise RuntimeError(

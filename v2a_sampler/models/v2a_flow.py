@@ -83,7 +83,9 @@ class FrameEncoder(nn.Module):
                 0, (b, tv)
             )
         diff = torch.cat([torch.zeros_like(f[:, :1]), f[:, 1:] - f[:, :-1]], dim=1)
-        h = self.cnn(torch.cat([f - 0.5, diff], dim=2).flatten(0, 1))  # [B*T, C, h, w]
+        # pixels are prepared in float32 and enter the network in its own precision (float16/bfloat16 pipelines)
+        x = torch.cat([f - 0.5, diff], dim=2).flatten(0, 1).to(self.proj.weight.dtype)
+        h = self.cnn(x)  # [B*T, C, h, w]
         grid = F.adaptive_avg_pool2d(h, 2).flatten(1)  # coarse position of things in the frame
         pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3)), grid[:, : h.shape[1] * 2]], dim=1)
         feats = self.proj(pooled).unflatten(0, (b, tv))  # B T D

@@ -117,10 +117,12 @@ class GeneratedAudio:
 @dataclass(frozen=True)
 class RunPlan:
     """A run resolved once for a pipeline: the :class:`~v2a_sampler.solvers.Sampler` (guidance with its
-    model-aware default and checks, solver, options, grid) and the pipeline's own options."""
+    model-aware default and checks, solver, options, grid), the pipeline's own options, and whether partial videos
+    are errors (``strict``, see :meth:`V2APipeline.load_video`)."""
 
     sampler: Sampler
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)
+    strict: bool = False
 
     @property
     def guidance(self) -> G.Guidance:
@@ -232,7 +234,7 @@ class V2APipeline(abc.ABC):
             cfg.steps or self.default_steps,
             **sampler_options,
         )
-        return RunPlan(sampler, {**self.pipeline_options, **pipeline_options})
+        return RunPlan(sampler, {**self.pipeline_options, **pipeline_options}, strict=cfg.strict)
 
     def nfe(self, guidance: str | G.Guidance | None = None, solver: str | None = None, steps: int | None = None):
         """Network evaluations per clip for a guidance/solver/steps choice (defaults: the pipeline's)."""
@@ -240,10 +242,14 @@ class V2APipeline(abc.ABC):
 
     # -- inputs -----------------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def load_video(self, path: str | os.PathLike, duration: float | None = None) -> tuple[Any, float]:
+    def load_video(
+        self, path: str | os.PathLike, duration: float | None = None, strict: bool = False
+    ) -> tuple[Any, float]:
         """The frames this pipeline conditions on for the first ``duration`` seconds of a video file (``None``: the
         pipeline's default), and the duration in seconds they cover. Raises
-        :class:`~v2a_sampler.media.io.V2AInputError` (one line) for unreadable or unusable files."""
+        :class:`~v2a_sampler.media.io.V2AInputError` (one line) for unreadable or unusable files. A partial video
+        (frames end well before the container's duration) gives a
+        :class:`~v2a_sampler.media.io.PartialVideoWarning`, or with ``strict`` a ``V2AInputError``."""
 
     @abc.abstractmethod
     def _frames_input(self, frames: Any, duration: float | None) -> tuple[Any, float]:
@@ -252,9 +258,9 @@ class V2APipeline(abc.ABC):
     def _is_single(self, video: Any) -> bool:
         return isinstance(video, str | os.PathLike | torch.Tensor) or video is None
 
-    def _prepare(self, video: Any, duration: float | None) -> tuple[Any, float, str | None]:
+    def _prepare(self, video: Any, duration: float | None, strict: bool = False) -> tuple[Any, float, str | None]:
         if isinstance(video, str | os.PathLike):
-            frames, seconds = self.load_video(video, duration)
+            frames, seconds = self.load_video(video, duration, strict=strict)
             return frames, seconds, str(video)
         return (*self._frames_input(video, duration), None)
 
@@ -271,6 +277,7 @@ class V2APipeline(abc.ABC):
         prompt: Prompts = None,
         negative_prompt: Prompts = None,
         callback: Callback | None = None,
+        strict: bool = False,
         **options: Any,
     ) -> GeneratedAudio | list[GeneratedAudio]:
         """Soundtracks for a video path or frames (or a list of them): :meth:`plan` then :meth:`generate`.
@@ -278,8 +285,9 @@ class V2APipeline(abc.ABC):
         ``guidance`` is any spec of :func:`v2a_sampler.guidance.parse` (default: the pipeline's); ``options`` are
         solver options (``eta=...``), sampling execution options (``fused=...``) and this pipeline's own options.
         Item ``i`` uses seed ``seed + i`` (or ``seed[i]``), so a batch equals its items generated one by one.
+        ``strict``: a partial video is an error, not a warning (see :meth:`load_video`).
         """
-        plan = self.plan(RunConfig(guidance=guidance, solver=solver, steps=steps, options=options))
+        plan = self.plan(RunConfig(guidance=guidance, solver=solver, steps=steps, options=options, strict=strict))
         return self.generate(video, plan, seed=seed, duration=duration, prompt=prompt,
                              negative_prompt=negative_prompt, callback=callback)  # fmt: skip
 
@@ -310,7 +318,7 @@ class V2APipeline(abc.ABC):
         seeds = item_seeds(seed, n, "videos")
         items = []
         for v, s, p, q in zip(videos, seeds, prompts, negatives, strict=True):
-            frames, seconds, source = self._prepare(v, duration)
+            frames, seconds, source = self._prepare(v, duration, plan.strict)
             items.append(_Item(frames, seconds, source, s, p, q))
         groups: dict[Any, list[int]] = {}
         for i, item in enumerate(items):

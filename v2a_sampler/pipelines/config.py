@@ -56,6 +56,8 @@ class RunConfig:
         duration: seconds from the start of each video (``None``: the pipeline's default).
         options: solver options (``eta``), sampling execution options (``fused``, ``batch_branches``, ...) and
             pipeline options (``griffin_lim_iters``), by name; unknown names fail when the run is planned.
+        strict: a partial video (only its first part decodes: truncated or damaged) is an error instead of a
+            :class:`~v2a_sampler.media.io.PartialVideoWarning`.
     """
 
     model: str | None = None
@@ -69,6 +71,7 @@ class RunConfig:
     seed: int = 0
     duration: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", dict(self.options))
@@ -83,9 +86,10 @@ class RunConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; expected {', '.join(DTYPES[:-1])} or {DTYPES[-1]}")
         try:
-            torch.device(self.device)
+            device = torch.device(self.device)
         except (RuntimeError, TypeError):
             raise ConfigError(f"unknown device {self.device!r}") from None
+        _check_available(device)
         mm, mm_bad = self.is_mmaudio, _is_mmaudio(self.bad_model)
         if mm_bad and not mm:
             raise ConfigError("bad model mmaudio:VARIANT needs an MMAudio --model (mmaudio:VARIANT)")
@@ -137,6 +141,18 @@ class RunConfig:
         if isinstance(self.guidance, G.Guidance):
             out["guidance"] = self.guidance.spec()
         return out
+
+
+def _check_available(device: torch.device) -> None:
+    """Raise :class:`ConfigError` for a CUDA or MPS device this machine does not have."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device} is not available: this torch build or machine has no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {device} does not exist: {count} CUDA device{'s' if count != 1 else ''}")
+    elif device.type == "mps" and not (torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device} is not available on this machine")
 
 
 def _is_mmaudio(spec: str | None) -> bool:

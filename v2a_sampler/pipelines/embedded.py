@@ -189,8 +189,11 @@ class Pipeline(V2APipeline):
         return out
 
     # -- inputs --------------------------------------------------------------------------------------------------
-    def load_video(self, path: str | os.PathLike, duration: float | None = None) -> tuple[torch.Tensor, float]:
-        """Frames ``[T, H, W, 3]`` at the model's frame rate and the duration they cover."""
+    def load_video(
+        self, path: str | os.PathLike, duration: float | None = None, strict: bool = False
+    ) -> tuple[torch.Tensor, float]:
+        """Frames ``[T, H, W, 3]`` at the model's frame rate and the duration they cover (a partial video: a
+        :class:`~v2a_sampler.media.io.PartialVideoWarning`, with ``strict`` an error)."""
         info = io.probe_video(path)
         dur = info.duration if duration is None else float(duration)
         if not dur > 0:
@@ -198,7 +201,7 @@ class Pipeline(V2APipeline):
         if duration is not None and duration > info.duration + 1e-3:
             raise io.V2AInputError(f"duration {duration:g}s exceeds the video's {info.duration:.3f}s: {path}")
         size = self.video_spec.frame_size * READ_SCALE
-        frames = io.read_frames(path, self.video_spec.fps, size=(size, size), duration=dur)
+        frames = io.read_frames(path, self.video_spec.fps, size=(size, size), duration=dur, strict=strict)
         if frames.shape[0] == 0:
             raise io.V2AInputError(f"no frames could be read from {path}")
         return frames, dur

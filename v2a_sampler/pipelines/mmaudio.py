@@ -108,10 +108,13 @@ class MMAudioPipeline(V2APipeline):
         return cls(network, decoder, features, bad, device=device, dtype=dt, name=name)
 
     # -- inputs --------------------------------------------------------------------------------------------------
-    def load_video(self, path: str | os.PathLike, duration: float | None = None) -> tuple[MMAudioFrames, float]:
+    def load_video(
+        self, path: str | os.PathLike, duration: float | None = None, strict: bool = False
+    ) -> tuple[MMAudioFrames, float]:
         """The frames of the first ``duration`` seconds (default 8) and the duration they cover (official rule: cut
-        to the video's length)."""
-        frames = read_video(path, DEFAULT_DURATION if duration is None else duration)
+        to the video's length; a partial video: a :class:`~v2a_sampler.media.io.PartialVideoWarning`, with
+        ``strict`` an error)."""
+        frames = read_video(path, DEFAULT_DURATION if duration is None else duration, strict=strict)
         return frames, frames.duration
 
     def _is_single(self, video: Any) -> bool:

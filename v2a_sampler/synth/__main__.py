@@ -23,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
+    live = sys.stderr.isatty()  # a terminal redraws one line; logs and pipes get one line per clip
+
     def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} clips", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        if live:
+            print(f"\r{done}/{total} clips", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        else:
+            print(f"{done}/{total} clips", file=sys.stderr, flush=True)
 
     manifest = make_dataset(
         args.out_dir,

@@ -1,0 +1,242 @@
+"""Which guidance at equal cost, with statistics that hold: tuned on validation clips, scored on disjoint test clips.
+
+For every NFE budget and method (none, CFG, AG, PG, HG on the embedded V2A model):
+
+1. **Validation** (clips from ``v2a_sampler.tune.VALIDATION_SEED_OFFSET``): the solver is chosen among
+   ``--solvers`` at the method's paper weights, then the weights are tuned for that solver and budget by
+   :func:`v2a_sampler.tune.tune` (coordinate search with successive halving) on ``--metric``.
+2. **Test** (the held-out clips of ``benchmarks/v2a_quality.py``, disjoint from validation and training): every
+   method's chosen setting generates the same clips with the same noise seeds; per clip and seed the sufficient
+   statistics of every metric are kept (``results_per_clip.csv``).
+3. **Comparison**: per budget, each method against CFG (and the best method against the runner-up) by the paired
+   bootstrap over test clips (:func:`v2a_sampler.metrics.stats.paired_bootstrap`, 95 % percentile intervals,
+   ``*`` where the interval excludes 0); distribution metrics against one fixed reference set of real audio with at
+   least ``--ref-windows`` embedding windows: the Fréchet distance (at equal generated window counts for every
+   method) and KID with its standard error.
+
+    python benchmarks/equal_nfe.py --quick --out out/equal_nfe          # a few minutes on 2 CPU cores
+    python benchmarks/equal_nfe.py --out benchmarks/results/equal_nfe    # the committed run (see the README)
+
+Writes ``OUT/settings.csv`` (the validation choices), ``OUT/results_per_clip.csv``, ``OUT/results.csv`` (pooled
+test metrics per budget and method) and ``OUT/summary.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: BLAS threads stall on shared cores
+
+import argparse
+import csv
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from v2a_sampler import guidance as G
+from v2a_sampler import tune as T
+from v2a_sampler.media.specs import resize_frames
+from v2a_sampler.metrics.stats import ClipScores, clip_scores, kid, paired_bootstrap, pooled, reference_windows
+from v2a_sampler.pipelines import Pipeline, RunConfig
+from v2a_sampler.solvers import get_solver
+from v2a_sampler.synth import make_clip
+from v2a_sampler.training.synth_v2a import EVAL_SEED_OFFSET, RENDER_SIZE
+
+METHODS = ("none", "cfg", "ag", "pg", "hg")
+BASELINE = "cfg"
+#: Test clips (as benchmarks/v2a_quality.py) and the reference audio for FD/KID (other clips).
+TEST_SEED = EVAL_SEED_OFFSET + 500
+REFERENCE_SEED = EVAL_SEED_OFFSET + 900
+NOISE_SEED = 10_000  # test noise: NOISE_SEED + 1000 * seed + clip
+REPORTED = ("onset_f1", "class_accuracy", "fd", "kid")
+
+
+@dataclass(frozen=True)
+class Config:
+    budgets: tuple[int, ...]
+    solvers: tuple[str, ...]
+    val_clips: int
+    val_seeds: int
+    test_clips: int
+    test_seeds: int
+    duration: float
+    ref_windows: int
+    grid_points: int
+    passes: int
+
+
+QUICK = Config(budgets=(16, 64), solvers=("euler", "dpmpp_2m"), val_clips=4, val_seeds=1, test_clips=6,
+               test_seeds=2, duration=2.0, ref_windows=200, grid_points=3, passes=1)  # fmt: skip
+FULL = Config(budgets=(16, 32, 64, 128), solvers=("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"), val_clips=12,
+              val_seeds=2, test_clips=48, test_seeds=3, duration=4.0, ref_windows=2000, grid_points=5,
+              passes=1)  # fmt: skip
+
+
+def choose(pipe: Pipeline, val: T.ValidationSet, method: str, budget: int, config: Config, metric: str):
+    """The solver (at the paper weights) and then the weights (tuned) of ``method`` at ``budget``, on validation."""
+    per_step = G.parse(method).nfe_per_step
+    units = [(c, s) for s in range(config.val_seeds) for c in range(len(val.clips))]
+    best_solver, best_score = None, None
+    higher = T.METRICS[metric]
+    for solver in config.solvers:
+        if get_solver(solver).steps_for_budget(budget, per_step) is None:
+            continue
+        scorer = T._Scorer(pipe, val, solver, budget, metric, 0, {})
+        score = scorer.value(G.parse(method), units)
+        if best_score is None or (score > best_score if higher else score < best_score):
+            best_solver, best_score = solver, score
+    if best_solver is None:
+        return None
+    if method == "none":
+        return {"solver": best_solver, "spec": "none", "val_score": best_score}
+    space = T.SearchSpace.default(method, config.grid_points)
+    res = T.tune(pipe, val, method, budget, best_solver, metric, config.val_seeds, space, passes=config.passes)
+    return {"solver": best_solver, "spec": res.best.spec(), "val_score": res.score}
+
+
+def test_scores(pipe: Pipeline, frames, events, spec: str, solver: str, budget: int, config: Config):
+    g = G.parse(spec)
+    steps = get_solver(solver).steps_for_budget(budget, g.nfe_per_step)
+    plan = pipe.plan(RunConfig(guidance=g, solver=solver, steps=steps))
+    tracks: list[list] = [[] for _ in frames]
+    for s in range(config.test_seeds):
+        seeds = [NOISE_SEED + 1000 * s + i for i in range(len(frames))]
+        outs = pipe.generate(frames, plan, seed=seeds, duration=config.duration)
+        for i, a in enumerate(outs):
+            tracks[i].append((a.waveform.numpy(), a.sample_rate))
+    units = [[t] for clip in tracks for t in clip]  # one unit per (clip, seed), clip-major
+    unit_events = [events[i] for i in range(len(frames)) for _ in range(config.test_seeds)]
+    return clip_scores(units, unit_events), steps, plan.nfe
+
+
+def _by_clip(scores: ClipScores, seeds: int) -> ClipScores:
+    """Units (clip-major, ``seeds`` per clip) merged per clip: the bootstrap resamples clips, keeping pairs."""
+    n = len(scores) // seeds
+    out = ClipScores([], [], [], [])
+    for i in range(n):
+        sl = range(i * seeds, (i + 1) * seeds)
+        total = scores.onsets[sl[0]]
+        for k in sl[1:]:
+            total = total + scores.onsets[k]
+        out.onsets.append(total)
+        out.class_correct.append(sum(scores.class_correct[k] for k in sl))
+        out.class_total.append(sum(scores.class_total[k] for k in sl))
+        out.windows.append(torch.cat([scores.windows[k] for k in sl]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--metric", default="onset_f1", help="the validation metric tuned for")
+    ap.add_argument("--budgets", default=None)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    config = QUICK if args.quick else FULL
+    if args.budgets:
+        config = replace(config, budgets=tuple(int(b) for b in args.budgets.split(",")))
+    methods = [m.strip() for m in args.methods.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(args.model)
+    vs = pipe.video_spec
+    val = T.ValidationSet.synthetic(pipe, config.val_clips, config.duration)
+    clips = [make_clip(TEST_SEED + i, duration=config.duration, fps=vs.fps, size=RENDER_SIZE)
+             for i in range(config.test_clips)]  # fmt: skip
+    frames = [resize_frames(torch.from_numpy(c.frames), vs.frame_size * 3) for c in clips]
+    events = [list(c.events) for c in clips]
+    refs, i = [], 0
+    while sum(r.shape[0] for r in refs) < config.ref_windows:
+        c = make_clip(REFERENCE_SEED + i, duration=config.duration, fps=vs.fps, size=32)
+        refs.append(reference_windows([(c.audio, c.sample_rate)]))
+        i += 1
+    reference = torch.cat(refs)
+
+    settings, per_clip, pooled_rows, scores = [], [], [], {}
+    for budget in config.budgets:
+        for method in methods:
+            chosen = choose(pipe, val, method, budget, config, args.metric)
+            if chosen is None:
+                continue
+            settings.append({"budget": budget, "method": method, **chosen})
+            sc, steps, nfe = test_scores(pipe, frames, events, chosen["spec"], chosen["solver"], budget, config)
+            scores[(budget, method)] = _by_clip(sc, config.test_seeds)
+            for u in range(len(sc)):
+                clip, seed = divmod(u, config.test_seeds)
+                o = sc.onsets[u]
+                per_clip.append({"budget": budget, "method": method, "spec": chosen["spec"], "solver": chosen["solver"],
+                                 "steps": steps, "nfe": nfe, "clip": clip, "seed": seed, "onset_matched": o.matched,
+                                 "onset_estimated": o.estimated, "onset_reference": o.reference,
+                                 "class_correct": sc.class_correct[u], "class_total": sc.class_total[u],
+                                 "windows": int(sc.windows[u].shape[0])})  # fmt: skip
+            merged = scores[(budget, method)]
+            k, k_se = kid(torch.cat(merged.windows), reference)
+            pooled_rows.append({"budget": budget, "method": method, "spec": chosen["spec"], "solver": chosen["solver"],
+                                "steps": steps, "nfe": nfe, "onset_f1": pooled(merged, "onset_f1"),
+                                "class_accuracy": pooled(merged, "class_accuracy"),
+                                "fd": pooled(merged, "fd", reference), "kid": k, "kid_se": k_se,
+                                "gen_windows": int(sum(w.shape[0] for w in merged.windows)),
+                                "ref_windows": int(reference.shape[0])})  # fmt: skip
+            print(f"budget {budget} {method}: {chosen['spec']} {chosen['solver']} x{steps} "
+                  f"-> onset F1 {pooled_rows[-1]['onset_f1']:.3f}, KID {k:.4f} ± {k_se:.4f}", flush=True)  # fmt: skip
+    _write(args.out / "settings.csv", settings)
+    _write(args.out / "results_per_clip.csv", per_clip)
+    _write(args.out / "results.csv", pooled_rows)
+    text = summary(pooled_rows, scores, reference, config, args.metric)
+    (args.out / "summary.md").write_text(text)
+    print(text)
+    print(f"config {config}; total time {time.perf_counter() - t0:.0f} s")
+
+
+def summary(rows: Sequence[dict[str, Any]], scores: dict, reference: torch.Tensor, config: Config, metric: str) -> str:
+    parts = [f"Weights and solvers tuned for `{metric}` on {config.val_clips} validation clips x {config.val_seeds} "
+             f"seeds; scored on {config.test_clips} disjoint test clips x {config.test_seeds} seeds "
+             f"({config.duration:g} s each); differences to `{BASELINE}` by the paired bootstrap over test clips "
+             f"(95 % intervals, * = excludes 0); reference set {int(reference.shape[0])} windows.\n"]  # fmt: skip
+    for budget in config.budgets:
+        here = [r for r in rows if r["budget"] == budget]
+        if not here:
+            continue
+        parts.append(f"### {budget} NFE\n")
+        parts.append(
+            "| method | setting | onset F1 | Δ onset F1 vs cfg | class acc | Δ class acc | FD | Δ FD | KID ± SE |"
+        )
+        parts.append("|---|---|---:|---|---:|---|---:|---|---|")
+        base = scores.get((budget, BASELINE))
+        for r in here:
+            mine = scores[(budget, r["method"])]
+            cells = []
+            for m in ("onset_f1", "class_accuracy", "fd"):
+                val = f"{r[m]:.3f}"
+                if base is None or r["method"] == BASELINE:
+                    cells += [val, ""]
+                else:
+                    cmp = paired_bootstrap(base, mine, m, reference if m == "fd" else None, n_boot=1000)
+                    cells += [val, cmp.cell()]
+            parts.append(f"| {r['method']} | `{r['spec']}` {r['solver']} x{r['steps']} | " + " | ".join(cells)
+                         + f" | {r['kid']:.4f} ± {r['kid_se']:.4f} |")  # fmt: skip
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _write(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
+
+
+if __name__ == "__main__":
+    main()
