@@ -45,7 +45,7 @@ from v2a_sampler.training.v2a_recipe import RUN_DIRS, bad_candidates, merge_reci
 #: Methods each candidate is scored with: label -> guidance spec.
 METHODS = {"ag(2)": "ag(2)", "hg": "hg"}
 #: Perturbations of the good model among the candidates (the SLG / PAG / SEG families of models/perturb.py).
-PERTURBATIONS = ("perturb:skip=2", "perturb:skip=4", "perturb:identity=1", "perturb:identity=4", "perturb:blur=2")
+PERTURBATIONS = ("perturb:skip=1", "perturb:skip=4", "perturb:identity=1", "perturb:identity=4", "perturb:blur=2")
 #: Selection: candidates within this much of the best HG onset F1 compete on HG FD.
 F1_SLACK = 0.02
 DIAGNOSTIC_COLUMNS = ("w_star_mean", "w_star_mean_lo", "w_star_mean_hi", "rel_reduction_lb_mean")
@@ -103,6 +103,40 @@ def summary(rows: Sequence[Mapping[str, Any]], diag: Mapping[str, Mapping[str, A
     return "\n".join(lines) + "\n"
 
 
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    def value(v: str) -> Any:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with path.open() as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def collect(folders: Sequence[Path], args: argparse.Namespace, good_folder: Path) -> None:
+    rows = [r for d in folders for r in _read_csv(d / "candidates.csv")]
+    diag = {r["bad"]: r for d in folders if (d / "diagnostic.csv").is_file() for r in _read_csv(d / "diagnostic.csv")}
+    write_outputs(rows, diag, args, good_folder, seconds=None)
+
+
+def write_outputs(rows, diag, args: argparse.Namespace, good_folder: Path, seconds: float | None) -> None:
+    """``candidates.csv``, ``diagnostic.csv`` and ``summary.md`` (the table and the selection) in ``args.out``."""
+    bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
+    bench.write_csv([{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()],
+                    args.out / "diagnostic.csv", ("bad", *DIAGNOSTIC_COLUMNS))  # fmt: skip
+    chosen = select(rows)
+    took = "" if seconds is None else f" ({seconds:.0f} s)"
+    caption = (f"Bad-model candidates for {good_folder}: {args.clips} validation clips x {args.samples} seeds, "
+               f"{args.duration:g} s, Euler {args.steps}; selection: lowest HG FD among candidates within "
+               f"{F1_SLACK} of the best HG onset F1 -> `{chosen}`{took}")  # fmt: skip
+    text = summary(rows, diag, chosen, caption)
+    (args.out / "summary.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="recipe run folder (v2a-train v2a --out RUN)")
@@ -113,12 +147,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--only", default=None, help="comma-separated candidate names (default: all)")
     ap.add_argument("--no-diagnostic", action="store_true")
+    ap.add_argument(
+        "--collect",
+        default=None,
+        help="comma-separated OUT folders of earlier runs (e.g. candidates "
+        "split over processes with --only): summarise and select over their rows instead of running",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     recipe = merge_recipe()
     good_folder = args.run / RUN_DIRS["main"] / checkpoint_name(recipe["iterations"])
+    if args.collect:
+        collect([Path(d) for d in args.collect.split(",")], args, good_folder)
+        return
     good = from_pretrained(good_folder)
     found = candidates(args.run)
     if args.only:
@@ -138,15 +181,7 @@ def main() -> None:
             diag[name] = diagnostic(good, bad, data, pipe.audio_spec)
             print(f"{name:>22} diagnostic: {diag[name]}", flush=True)
         bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
-    chosen = select(rows)
-    bench.write_csv([{"bad": k, **v} for k, v in diag.items()], args.out / "diagnostic.csv",
-                    ("bad", *DIAGNOSTIC_COLUMNS))  # fmt: skip
-    caption = (f"Bad-model candidates for {good_folder}: {args.clips} validation clips x {args.samples} seeds, "
-               f"{args.duration:g} s, Euler {args.steps}; selection: lowest HG FD among candidates within "
-               f"{F1_SLACK} of the best HG onset F1 -> `{chosen}` ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
-    text = summary(rows, diag, chosen, caption)
-    (args.out / "summary.md").write_text(text)
-    print(text)
+    write_outputs(rows, diag, args, good_folder, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def test_recipe_runs_every_stage_end_to_end(tmp_path, monkeypatch):
         "batch_size": 2,
         "base": {"arch_kwargs": arch, "iterations": 4, "earlier": 2, "lr_warmup": 0, "lr_decay_start": None},
         "depth": 2,
+        "frozen_encoder": True,
         "iterations": 10,
         "lr_warmup": 0,
         "lr_decay_start": None,
@@ -58,11 +59,11 @@ def test_recipe_runs_every_stage_end_to_end(tmp_path, monkeypatch):
     timings = json.loads((run / "timings.json").read_text())
     assert set(timings) == {"base", "main", "finetune", "small", "amg"}
     # candidates: the base run's iteration 2, the base, the fine-tune at 10/25/50/70 % (1, 2 (2.5 rounded), 5, 7),
-    # the base fine-tuned for 30 % (3) with another seed, the half-width network
+    # the base fine-tuned for 58 % (6) with another seed, the half-width network
     found = bad_candidates(run, tiny)
     assert {k: (v.parent.name, int(v.name[5:])) for k, v in found.items()} == {
         "base-earlier": ("base", 2), "base": ("base", 4), "earlier:0.1": ("run", 1), "earlier:0.25": ("run", 2),
-        "earlier:0.5": ("run", 5), "earlier:0.7": ("run", 7), "finetune": ("finetune", 3), "small": ("small", 2),
+        "earlier:0.5": ("run", 5), "earlier:0.7": ("run", 7), "finetune": ("finetune", 6), "small": ("small", 2),
     }  # fmt: skip
     ft = json.loads((found["finetune"] / "config.json").read_text())
     assert ft["training"]["config"]["init_from"].endswith("base/iter-000004") and ft["arch_kwargs"]["depth"] == 2
@@ -93,9 +94,11 @@ def test_recipe_runs_every_stage_end_to_end(tmp_path, monkeypatch):
     assert json.loads((run / "timings.json").read_text()) == timings
     # --base: a model trained by the base recipe before is the shared base (its bad/ the base run's early checkpoint)
     other = tmp_path / "other"
-    short = {**tiny, "iterations": 2, "checkpoints": [0.5]}
+    short = {**tiny, "iterations": 2, "checkpoints": [0.5], "frozen_encoder": False}  # end to end: the encoder trains
     train_embedded(other, short, stages=["base", "main"], base=folder, progress=False)
     assert not (other / "base").exists() and (other / "run" / "iter-000002").is_dir()
+    trained = from_pretrained(other / "run" / "iter-000002").encoder.state_dict()
+    assert any(not torch.equal(trained[k], p.half().float()) for k, p in pipe.model.encoder.state_dict().items())
     assert bad_candidates(other, short) == {"base-earlier": folder.resolve() / "bad", "base": folder.resolve(),
                                            "earlier:0.5": other / "run" / "iter-000001"}  # fmt: skip
     # the data set was cached: a second build reads it back

@@ -79,15 +79,15 @@ RECIPE: dict[str, Any] = {
         "seed": 0,
     },
     "depth": 6,
-    "frozen_encoder": True,
-    "iterations": 3000,
+    "frozen_encoder": False,
+    "iterations": 6000,
     "lr": 6e-4,
     "lr_warmup": 100,
     "lr_decay_start": 1000,
     "seed": 10,
     "checkpoints": [0.1, 0.25, 0.5, 0.7],
-    "save_every": 250,
-    "finetune": {"fraction": 0.3, "seed": 11},
+    "save_every": 500,
+    "finetune": {"fraction": 0.5, "seed": 11},
     "small": {"dim": 64, "heads": 4, "iterations": 2000, "seed": 3},
     "amg": {"weight": 0.5, "fork": 0.5, "ramp": 0.1, "seed": 12},
     "bad": "earlier:0.25",
@@ -200,7 +200,9 @@ def stage_config(stage: str, recipe: dict[str, Any], base: TrainConfig, out: Pat
         return main
     if stage == "finetune":
         ft = recipe["finetune"]
-        return main.replace(iterations=at(recipe, ft["fraction"]), seed=ft["seed"], checkpoint_at=[])
+        n = at(recipe, ft["fraction"])
+        every = recipe.get("save_every") or 0
+        return main.replace(iterations=n, seed=ft["seed"], checkpoint_at=list(range(every, n, every)) if every else [])
     if stage == "amg":
         amg = recipe["amg"]
         fork = at(recipe, amg["fork"])
@@ -261,7 +263,6 @@ def train_embedded(
     crop = int(round(recipe["crop_seconds"] * video.fps))
     mels = audio.normalize(data.mels)
     features: dict[str, torch.Tensor] = {}  # frozen-encoder features by encoder folder, computed once
-    timings = _read_timings(out)
     for stage in [s for s in STAGES if s in stages and s != "export"]:
         if stage == "base" and (out / BASE_LINK).is_file():
             continue
@@ -277,11 +278,10 @@ def train_embedded(
         video_cond = data.frames if encoder is None else features[encoder]
         source = ClipCrops(mels, video_cond, crop, mel_video_ratio(audio, video))
         train(cfg, out / RUN_DIRS[stage], data=source, resume=resume, progress=progress, description=stage)
-        timings[stage] = round(timings.get(stage, 0.0) + (time.perf_counter() - t0) / 60, 1)
-        _write_timings(out, timings)
+        _add_timing(out, stage, (time.perf_counter() - t0) / 60)
     target = Path(export) if export is not None else out / "model"
     if "export" in stages:
-        meta = {"recipe": recipe, "train_minutes": timings, "base": str(base_folder(out, recipe))}
+        meta = {"recipe": recipe, "train_minutes": _read_timings(out), "base": str(base_folder(out, recipe))}
         _export(out, target, recipe, base_cfg, meta)
         _export_amg(out, Path(export_amg) if export_amg is not None else out / "amg_model", recipe, base_cfg, meta)
     return target
@@ -292,7 +292,10 @@ def _read_timings(out: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_timings(out: Path, timings: dict[str, float]) -> None:
+def _add_timing(out: Path, stage: str, minutes: float) -> None:
+    """Add a stage's wall minutes to the run's record (read just before writing: stages may run in parallel)."""
+    timings = _read_timings(out)
+    timings[stage] = round(timings.get(stage, 0.0) + minutes, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
 
