@@ -18,7 +18,10 @@ For every NFE budget and method (none, CFG, AG, PG, HG on the embedded V2A model
     python benchmarks/equal_nfe.py --out benchmarks/results/equal_nfe    # the committed run (see the README)
 
 Writes ``OUT/settings.csv`` (the validation choices), ``OUT/results_per_clip.csv``, ``OUT/results.csv`` (pooled
-test metrics per budget and method) and ``OUT/summary.md``.
+test metrics per budget and method) and ``OUT/summary.md``. Each finished (budget, method) is kept in
+``OUT/parts/`` at once, so a killed run resumes where it stopped, and budgets can run in parallel processes
+(``--budgets 16,32,64`` and ``--budgets 128`` into one OUT; then a plain run finds every part and writes the tables).
+A part made with another model or configuration is an error, not silently reused.
 """
 
 from __future__ import annotations
@@ -130,6 +133,35 @@ def _by_clip(scores: ClipScores, seeds: int) -> ClipScores:
     return out
 
 
+PARTS = "parts"
+
+
+def _part_path(out: Path, budget: int, method: str) -> Path:
+    return out / PARTS / f"{budget:04d}-{method}.pt"
+
+
+def _signature(model: str | None, config: Config, metric: str) -> dict[str, Any]:
+    """What a saved part must have been made with to be reused (everything but the budget list)."""
+    kept = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items() if k != "budgets"}
+    return {"model": str(model), "metric": metric, **kept}
+
+
+def _load_part(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    part = torch.load(path, weights_only=False)
+    if part["signature"] != signature:
+        raise SystemExit(f"error: {path} was made with {part['signature']}, not {signature}; use another --out")
+    return part
+
+
+def _save_part(path: Path, part: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(part, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves half a part
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
@@ -161,15 +193,27 @@ def main() -> None:
         i += 1
     reference = torch.cat(refs)
 
+    signature = _signature(args.model, config, args.metric)
     settings, per_clip, pooled_rows, scores = [], [], [], {}
     for budget in config.budgets:
         for method in methods:
+            part = _load_part(_part_path(args.out, budget, method), signature)
+            if part is not None:
+                if part["chosen"] is not None:
+                    settings.append(part["setting"])
+                    per_clip += part["per_clip"]
+                    pooled_rows.append(part["pooled"])
+                    scores[(budget, method)] = part["scores"]
+                    print(f"budget {budget} {method}: {part['chosen']['spec']} (from {PARTS}/)", flush=True)
+                continue
             chosen = choose(pipe, val, method, budget, config, args.metric)
             if chosen is None:
+                _save_part(_part_path(args.out, budget, method), {"signature": signature, "chosen": None})
                 continue
             settings.append({"budget": budget, "method": method, **chosen})
             sc, steps, nfe = test_scores(pipe, frames, events, chosen["spec"], chosen["solver"], budget, config)
             scores[(budget, method)] = _by_clip(sc, config.test_seeds)
+            first_row = len(per_clip)
             for u in range(len(sc)):
                 clip, seed = divmod(u, config.test_seeds)
                 o = sc.onsets[u]
@@ -188,6 +232,10 @@ def main() -> None:
                                 "ref_windows": int(reference.shape[0])})  # fmt: skip
             print(f"budget {budget} {method}: {chosen['spec']} {chosen['solver']} x{steps} "
                   f"-> onset F1 {pooled_rows[-1]['onset_f1']:.3f}, KID {k:.4f} ± {k_se:.4f}", flush=True)  # fmt: skip
+            _save_part(_part_path(args.out, budget, method),
+                       {"signature": signature, "chosen": chosen, "setting": settings[-1],
+                        "per_clip": per_clip[first_row:], "pooled": pooled_rows[-1],
+                        "scores": scores[(budget, method)]})  # fmt: skip
     _write(args.out / "settings.csv", settings)
     _write(args.out / "results_per_clip.csv", per_clip)
     _write(args.out / "results.csv", pooled_rows)
