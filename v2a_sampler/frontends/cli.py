@@ -131,25 +131,14 @@ def _check_overwrite(plans: list[tuple[Path, Path | None]], extra: list[Path], o
             raise CliError(f"output exists: {p} (pass --overwrite to replace it)")
 
 
-def _save_spectrogram(mel, path: Path, title: str, overwrite: bool) -> None:
+def _save_spectrogram(mel, axes, path: Path, title: str, overwrite: bool) -> None:
+    """The log-mel as a PNG with seconds and Hz axes (:func:`v2a_sampler.frontends.plots.save_spectrogram`)."""
+    from .plots import PlotUnavailable, save_spectrogram
+
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        save_spectrogram(mel, axes, path, title, overwrite=overwrite)
+    except PlotUnavailable:
         raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
-    from ..media.io import atomic_output
-
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("frame")
-    ax.set_ylabel("mel band")
-    fig.tight_layout()
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 @app.command()
@@ -363,7 +352,7 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
                 written.append(mp4)
             if pngs:
                 pngs[i].parent.mkdir(parents=True, exist_ok=True)
-                _save_spectrogram(audio.mel, pngs[i], f"{src.name}  {plan.guidance.spec()}", overwrite)
+                _save_spectrogram(audio.mel, pipe.mel_axes, pngs[i], f"{src.name}  {plan.guidance.spec()}", overwrite)
                 written.append(pngs[i])
             progress.remove_task(task)
             progress.advance(files)
