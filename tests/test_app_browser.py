@@ -148,11 +148,19 @@ def _download(page, url: str, dest: Path) -> Path:
     return dest
 
 
+#: The text an element shows: a text field's value, any other element's rendered text.
+SHOWN = "e => (e ? (e.value !== undefined ? e.value : e.innerText) : '')"
+
+
+def _shown(page, selector: str) -> str:
+    return page.evaluate(f"s => ({SHOWN})(document.querySelector(s))", selector)
+
+
 def _wait_text(page, selector: str, text: str) -> str:
-    page.wait_for_function(
-        "([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)", arg=[selector, text], timeout=RUN_MS
-    )
-    return page.inner_text(selector)
+    """Wait until ``selector`` shows ``text``; return all it shows."""
+    page.wait_for_function(f"([s, t]) => ({SHOWN})(document.querySelector(s)).includes(t)", arg=[selector, text],
+                           timeout=RUN_MS)  # fmt: skip
+    return _shown(page, selector)
 
 
 def test_page_is_offline_and_explains_specs_as_you_type(page, server, shots):
@@ -179,7 +187,7 @@ def test_page_is_offline_and_explains_specs_as_you_type(page, server, shots):
 def test_generate_with_hg_returns_the_video_with_its_new_soundtrack(page, shots, tmp_path):
     _upload(page, DEMO)
     page.click("#generate")
-    line = _wait_text(page, "#status", "NFE")
+    line = _wait_text(page, "#status textarea", "NFE")
     assert line.startswith(f"hg(2.7,2.5,1.2) euler x{STEPS} · NFE 16 · "), line
     page.wait_for_selector("#out-video video")
     page.wait_for_selector("#out-spectrogram img")
@@ -202,8 +210,8 @@ def test_compare_two_specs_side_by_side(page, shots, tmp_path):
     page.fill("#compare-spec-2 textarea", "hg")
     _wait_text(page, "#compare-explain", "hg(2.7,2.5,1.2)")
     page.click("#compare")
-    _wait_text(page, "#compare-status", "2 specs")
-    first, second = page.inner_text("#column-1-line"), page.inner_text("#column-2-line")
+    _wait_text(page, "#compare-status textarea", "2 specs")
+    first, second = _shown(page, "#column-1-line textarea"), _shown(page, "#column-2-line textarea")
     assert first.startswith(f"cfg(3) euler x{STEPS} · NFE 8 · ") and second.startswith(
         f"hg(2.7,2.5,1.2) euler x{STEPS} · NFE 16 · "
     )
@@ -213,13 +221,14 @@ def test_compare_two_specs_side_by_side(page, shots, tmp_path):
         page.wait_for_selector(f"#column-{k}-spectrogram img")
     assert not page.is_visible("#column-3") and not page.is_visible("#column-4")
     page.screenshot(path=str(shots / "app_compare.png"), full_page=True)
+    page.locator("#compare-panel").screenshot(path=str(shots / "app_compare_panel.png"))  # the README's picture
 
 
 def test_bad_inputs_are_messages_in_the_page(page, shots, tmp_path):
     page.fill("#spec textarea", "hg(2.7,")
     assert _wait_text(page, "#explain", "error:").startswith("error: cannot parse guidance")
     page.click("#generate")
-    line = _wait_text(page, "#status", "error:")
+    line = _wait_text(page, "#status textarea", "error:")
     assert line == "error: cannot parse guidance 'hg(2.7,': expected num, got 'end of input'"
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n" * 20)
@@ -227,11 +236,11 @@ def test_bad_inputs_are_messages_in_the_page(page, shots, tmp_path):
     page.set_input_files("#video-in input[type=file]", str(fake))
     page.wait_for_selector("#video-in video")  # uploaded (the browser cannot play it)
     page.click("#generate")
-    line = _wait_text(page, "#status", "not a media file")
+    line = _wait_text(page, "#status textarea", "not a media file")
     assert line.startswith("error: cannot read notes.mp4: not a media file FFmpeg understands"), line
     page.get_by_role("tab", name="Compare").click()
     page.fill("#compare-spec-2 textarea", "")
     page.click("#compare")
-    assert _wait_text(page, "#compare-status", "error:") == "error: compare needs 2 to 4 guidance specs, got 1"
+    assert _wait_text(page, "#compare-status textarea", "error:") == "error: compare needs 2 to 4 guidance specs, got 1"
     page.screenshot(path=str(shots / "app_errors.png"), full_page=True)
     assert "Traceback" not in page.content()

@@ -50,7 +50,7 @@ from ..errors import error_line
 from ..media import io
 from ..pipelines.base import V2APipeline
 from ..pipelines.config import MMAUDIO_PREFIX, NO_BAD_MODEL, RunConfig
-from .common import EXIT_USAGE, MUX_SUFFIX
+from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX
 from .plots import save_spectrogram
 
 #: Where the app listens by default (this machine only) and on which port.
@@ -62,6 +62,8 @@ MAX_VIDEO_SECONDS = 30.0
 MAX_UPLOAD = "200mb"
 #: Guidance specs of compare mode: at least this many and at most that many columns.
 COMPARE_MIN, COMPARE_MAX = 2, 4
+#: Top of the page's steps slider (``--steps`` may set a higher default).
+STEPS_MAX = 100
 #: Requests waiting in the queue beyond the running one before new ones are refused.
 QUEUE_SIZE = 16
 #: Output folders (one per request) kept; older ones are deleted as new requests arrive.
@@ -155,13 +157,15 @@ def model_choices(cache_dir: str | os.PathLike | None = None) -> list[ModelChoic
 
 def bad_model_choices(model: ModelChoice, models: Sequence[ModelChoice]) -> list[tuple[str, str]]:
     """``(label, value)`` of the bad models that fit ``model``: the embedded model's own or none; for MMAudio none or
-    another variant of the same sample rate (same latent space)."""
+    another variant with the same VAE (the same latent space)."""
     if not model.is_mmaudio:
         return [("the model's own (bad/)", DEFAULT_BAD), ("none", NO_BAD_MODEL)]
-    rate = model.variant.rsplit("_", 1)[-1]
+    from ..mmaudio.hub import files_for
+
+    vae = files_for(model.variant)["vae"]
     out = [("none", DEFAULT_BAD)]
     for m in models:
-        if m.is_mmaudio and m.value != model.value and m.variant.endswith(rate):
+        if m.is_mmaudio and m.value != model.value and files_for(m.variant)["vae"] == vae:
             out.append((m.label, m.value))
     return out
 
@@ -406,7 +410,7 @@ class Studio:
                 secs = time.perf_counter() - t0
                 line = f"{plan.describe()} · NFE {audio.info['nfe']} · {secs:.1f} s"
                 if k == 0 and load_s:
-                    line += f" (+{load_s:.1f} s loading the model)"
+                    line += f" (+{load_s:.2f} s loading the model)"
                 results.append(Result(plan.guidance.spec(), mp4, wav, png, audio.info["nfe"], secs, line))
         return results
 
@@ -435,8 +439,7 @@ def error_text(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 CSS = """
-#status, #compare-status { min-height: 1.5em; }
-.v2a-line { font-size: 0.9em; }
+.v2a-line textarea { font-size: 0.9em; }
 """
 
 
@@ -452,8 +455,8 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
     default_steps = steps or cls.default_steps
 
     def request(model, bad, solver, n_steps, seed, duration, prompt, negative) -> Request:
-        if seed is None or seed != int(seed) or not 0 <= seed <= 2**63 - 1:
-            raise AppError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+        if seed is None or seed != int(seed):
+            raise AppError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")  # RunConfig checks the range
         if duration is not None and not duration >= 0:
             raise AppError(f"duration must be a positive number of seconds (0: the whole video), got {duration:g}")
         duration = duration or None  # 0 or empty: the whole video
@@ -501,8 +504,8 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
         cells: list[Any] = []
         for k in range(COMPARE_MAX):
             r = results[k] if k < len(results) else None
-            cells += [f"### {r.spec}" if r else "", str(r.video) if r else None, str(r.spectrogram) if r else None,
-                      r.line if r else ""]  # fmt: skip
+            cells += [f"### {_md(r.spec)}" if r else "", str(r.video) if r else None,
+                      str(r.spectrogram) if r else None, r.line if r else ""]  # fmt: skip
         shown = [gr.update(visible=k < len(results)) for k in range(COMPARE_MAX)]
         total = sum(r.seconds for r in results)
         summary = f"{len(results)} specs, seed {req.seed}, {sum(r.nfe for r in results)} NFE in {total:.1f} s"
@@ -535,7 +538,8 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                                   elem_id="bad-model")  # fmt: skip
                 with gr.Row():
                     solver = gr.Dropdown(solver_names, value=cls.default_solver, label="Solver", elem_id="solver")
-                    n_steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="steps")
+                    n_steps = gr.Slider(1, max(STEPS_MAX, default_steps), value=default_steps, step=1, label="Steps",
+                                        elem_id="steps")  # fmt: skip
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     duration = gr.Number(0, minimum=0, label="Duration (s; 0: the whole video)",
@@ -545,7 +549,7 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                 negative = gr.Textbox(label="Negative prompt", visible=text, elem_id="negative-prompt")
         settings = [model, bad, solver, n_steps, seed, duration, prompt, negative]
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate-tab"):
+            with gr.Tab("Generate", id="generate-tab", elem_id="generate-panel"):
                 with gr.Row():
                     preset = gr.Dropdown(presets, value=cls.default_guidance, label="Preset", elem_id="preset",
                                          scale=1)  # fmt: skip
@@ -554,7 +558,7 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                 explained = gr.Markdown(explain(cls.default_guidance, cls.default_solver, default_steps),
                                         elem_id="explain")  # fmt: skip
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
-                status = gr.Markdown(elem_id="status", elem_classes="v2a-line")
+                status = gr.Textbox(label="Result", interactive=False, elem_id="status", elem_classes="v2a-line")
                 with gr.Row():
                     out_video = gr.Video(
                         label="Video with the new soundtrack",
@@ -566,7 +570,7 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                         out_png = gr.Image(label="Spectrogram", type="filepath", interactive=False,
                                            elem_id="out-spectrogram", buttons=IMAGE_BUTTONS)  # fmt: skip
                         out_wav = gr.File(label="WAV", interactive=False, elem_id="out-wav")
-            with gr.Tab("Compare", id="compare-tab"):
+            with gr.Tab("Compare", id="compare-tab", elem_id="compare-panel"):
                 with gr.Row():
                     defaults = ["cfg", cls.default_guidance if cls.default_guidance != "cfg" else "hg"]
                     boxes = [gr.Textbox(defaults[k] if k < len(defaults) else "", label=f"Spec {k + 1}",
@@ -575,7 +579,8 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                 compare_explained = gr.Markdown(explain_compare(*[b.value for b in boxes], cls.default_solver,
                                                                 default_steps), elem_id="compare-explain")  # fmt: skip
                 go_compare = gr.Button("Compare", variant="primary", elem_id="compare")
-                compare_status = gr.Markdown(elem_id="compare-status", elem_classes="v2a-line")
+                compare_status = gr.Textbox(label="Result", interactive=False, elem_id="compare-status",
+                                            elem_classes="v2a-line")  # fmt: skip
                 columns, cells = [], []
                 with gr.Row():
                     for k in range(COMPARE_MAX):
@@ -593,8 +598,15 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                                     type="filepath",
                                     interactive=False,
                                     elem_id=f"column-{k + 1}-spectrogram",
-                                ),  # fmt: skip
-                                gr.Markdown(elem_id=f"column-{k + 1}-line", elem_classes="v2a-line"),
+                                    buttons=IMAGE_BUTTONS,
+                                ),
+                                gr.Textbox(
+                                    show_label=False,
+                                    container=False,
+                                    interactive=False,
+                                    elem_id=f"column-{k + 1}-line",
+                                    elem_classes="v2a-line",
+                                ),
                             ]
                         columns.append(col)
 
@@ -670,8 +682,12 @@ def main(
     demo = build_app(studio, steps=steps)
     allowed = [str(DEMO_CLIP.parent)] if DEMO_CLIP.is_file() else []
     typer.echo(f"v2a-app: files in {root}" + (" (removed on exit)" if own else ""))
-    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, allowed_paths=allowed,
-                css=CSS, footer_links=["settings"], show_error=False)  # fmt: skip
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, allowed_paths=allowed,
+                    css=CSS, footer_links=["settings"], show_error=False)  # fmt: skip
+    except OSError as e:  # the port is taken, the address is not this machine's ...
+        typer.echo(f"error: cannot serve on {host}:{port}: {error_line(e)}", err=True)
+        raise typer.Exit(EXIT_RUNTIME) from None
 
 
 def run() -> None:
