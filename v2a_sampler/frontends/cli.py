@@ -179,23 +179,14 @@ def _check_matplotlib() -> None:
         raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
 
 
-def _save_spectrogram(mel, path: Path, title: str, overwrite: bool) -> None:
-    import matplotlib
+def _save_spectrogram(mel, axes, path: Path, title: str, overwrite: bool) -> None:
+    """The log-mel as a PNG with seconds and Hz axes (:func:`v2a_sampler.frontends.plots.save_spectrogram`)."""
+    from .plots import PlotUnavailable, save_spectrogram
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..media.io import atomic_output
-
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("frame")
-    ax.set_ylabel("mel band")
-    fig.tight_layout()
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        save_spectrogram(mel, axes, path, title, overwrite=overwrite)
+    except PlotUnavailable:
+        raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
 
 
 @app.command()
@@ -435,7 +426,9 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
                 with captured_warnings() as warned:
                     audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick,
                                           **text)  # fmt: skip
-                    _write_outputs(audio, src, wav, mp4, pngs[i] if pngs else None, plan, overwrite, written)
+                    _write_outputs(
+                        audio, src, wav, mp4, pngs[i] if pngs else None, plan, overwrite, written, pipe.mel_axes
+                    )
             except (ValueError, RuntimeError, FloatingPointError, OSError) as e:
                 _report_warnings(warned, src in partial)
                 for p in written:  # this input's files written before the failure: none is left behind
@@ -491,7 +484,7 @@ def _report_warnings(warned: list[tuple[type[Warning], str]], already_partial: b
 
 
 def _write_outputs(audio, src: Path, wav: Path, mp4: Path | None, png: Path | None, plan, overwrite: bool,
-                   written: list[Path]) -> None:  # fmt: skip
+                   written: list[Path], axes=None) -> None:  # fmt: skip
     """Write one input's files, appending each to ``written`` as soon as it exists."""
     wav.parent.mkdir(parents=True, exist_ok=True)
     audio.save(wav, overwrite=overwrite)
@@ -501,7 +494,7 @@ def _write_outputs(audio, src: Path, wav: Path, mp4: Path | None, png: Path | No
         written.append(mp4)
     if png is not None:
         png.parent.mkdir(parents=True, exist_ok=True)
-        _save_spectrogram(audio.mel, png, f"{src.name}  {plan.guidance.spec()}", overwrite)
+        _save_spectrogram(audio.mel, axes, png, f"{src.name}  {plan.guidance.spec()}", overwrite)
         written.append(png)
 
 

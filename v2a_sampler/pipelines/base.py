@@ -4,8 +4,9 @@ A pipeline turns videos (and, where the model has a text condition, prompts) int
 manifest runs, benchmarks) use pipelines only through :class:`V2APipeline`:
 
 * facts: :attr:`~V2APipeline.conditions`, :attr:`~V2APipeline.default_guidance` / ``default_solver`` /
-  ``default_steps``, :attr:`~V2APipeline.sample_rate`, :attr:`~V2APipeline.pipeline_options` (model-specific
-  generation settings, e.g. the embedded model's Griffin-Lim iterations), :meth:`~V2APipeline.describe`;
+  ``default_steps``, :attr:`~V2APipeline.sample_rate`, :attr:`~V2APipeline.mel_axes` (Hz and seconds of
+  ``GeneratedAudio.mel``), :attr:`~V2APipeline.pipeline_options` (model-specific generation settings, e.g. the
+  embedded model's Griffin-Lim iterations), :meth:`~V2APipeline.describe`;
 * :meth:`~V2APipeline.plan`: a :class:`~v2a_sampler.pipelines.config.RunConfig` resolved once for this pipeline's
   models (model-aware guidance default and checks, solver and its options) into a :class:`RunPlan`;
 * :meth:`~V2APipeline.load_video` and :meth:`~V2APipeline.generate`: inputs read, then sampled in batches of equal
@@ -30,6 +31,7 @@ import torch
 from ..core import guidance as G
 from ..core.solvers import Sampler
 from ..media import io
+from ..media.audio import MelAxes
 from .config import RunConfig
 
 #: Keys of every ``GeneratedAudio.info``: what produced the audio (the sampler's record, the seed, the duration in
@@ -189,6 +191,11 @@ class V2APipeline(abc.ABC):
     @abc.abstractmethod
     def sample_rate(self) -> int:
         """Samples per second of the generated audio."""
+
+    @property
+    def mel_axes(self) -> MelAxes | None:
+        """Where the rows and columns of :attr:`GeneratedAudio.mel` lie in Hz and seconds (``None``: unknown)."""
+        return None
 
     @property
     def supports_text(self) -> bool:

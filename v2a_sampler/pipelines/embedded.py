@@ -21,6 +21,7 @@ import torch
 
 from ..errors import error_line
 from ..media import io
+from ..media.audio import MelAxes
 from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
 from ..models import from_pretrained as load_model
 from ..models import resolve_folder
@@ -92,6 +93,10 @@ class Pipeline(V2APipeline):
     @property
     def sample_rate(self) -> int:
         return self.audio_spec.sample_rate
+
+    @property
+    def mel_axes(self) -> MelAxes:
+        return self.audio_spec.mel_axes
 
     # -- loading and saving --------------------------------------------------------------------------------------
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..media.audio import MelAxes
 from ..mmaudio import hub
 from ..mmaudio.clip import DFN5B_HUB_ID
 from ..mmaudio.encoders import MMAudioFeatures
@@ -69,6 +70,10 @@ class MMAudioPipeline(V2APipeline):
     @property
     def sample_rate(self) -> int:
         return self.decoder.sampling_rate
+
+    @property
+    def mel_axes(self) -> MelAxes:
+        return self.decoder.mel_axes
 
     # -- loading -------------------------------------------------------------------------------------------------
     @classmethod
