@@ -51,10 +51,12 @@ def _denoiser(meta: dict[str, Any]) -> D.FnDenoiser:
 
 
 def _run(solver: str, tensors: dict[str, torch.Tensor], k: int, den: D.FnDenoiser, options: dict[str, float],
-         **kw: Any) -> tuple[torch.Tensor, ReplayNoise]:  # fmt: skip
+         seeds: list[int] | None = None, **kw: Any) -> tuple[torch.Tensor, ReplayNoise]:  # fmt: skip
+    """Our solver on case ``k``: replaying its noise bank, or with ``seeds`` on the same Brownian tree."""
     noise = ReplayNoise(tensors[f"{k}/bank"])
+    source = noise if seeds is None else solvers.BrownianTreeNoise(seeds)
     out, _ = solvers.sample(den, tensors[f"{k}/noise"], guidance="none", solver=solver,
-                            timesteps=tensors[f"{k}/sigmas"], generator=noise, **options, **kw)  # fmt: skip
+                            timesteps=tensors[f"{k}/sigmas"], generator=source, **options, **kw)  # fmt: skip
     return out, noise
 
 
@@ -64,10 +66,12 @@ def test_solver_equals_its_reference(solver: str) -> None:
     den = _denoiser(meta)
     assert meta["solver"] == solver and len(meta["cases"]) >= 2
     for k, case in enumerate(meta["cases"]):
-        out, noise = _run(solver, tensors, k, den, case["options"])
+        out, noise = _run(solver, tensors, k, den, case["options"], case["brownian_seeds"])
         ref = tensors[f"{k}/out"]
         err = (out - ref).abs().max().item()
         assert err < TOL, (solver, case, err)
+        if case["brownian_seeds"] is not None:
+            continue
         # the same noise, asked for over the same intervals (noise levels u = sigma / (1 + sigma) on EDM)
         intervals = tensors[f"{k}/intervals"].reshape(-1, 2)
         assert len(noise.asked) == intervals.shape[0], (solver, case)
@@ -94,7 +98,9 @@ def test_k_diffusion_style_callback() -> None:
          callback_style="k-diffusion")  # fmt: skip
     assert [sorted(e) for e in seen] == [["denoised", "i", "sigma", "sigma_hat", "x"]] * len(seen)
     assert [e["i"] for e in seen] == list(range(len(tensors["0/cb_sigma"])))
-    assert torch.allclose(torch.tensor([e["sigma"] for e in seen], dtype=torch.float64), tensors["0/cb_sigma"], rtol=1e-12, atol=0)
+    assert torch.allclose(
+        torch.tensor([e["sigma"] for e in seen], dtype=torch.float64), tensors["0/cb_sigma"], rtol=1e-12, atol=0
+    )
     sigma_hat = torch.tensor([e["sigma_hat"] for e in seen], dtype=torch.float64)
     assert torch.allclose(sigma_hat, tensors["0/cb_sigma_hat"], rtol=1e-12, atol=0)
     assert (sigma_hat > tensors["0/cb_sigma"]).any()  # the case churns

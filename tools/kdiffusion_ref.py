@@ -6,10 +6,12 @@ compares our solvers against those files to 1e-6 in CI, where neither library is
 
 Each case runs a reference sampler in float64 on the exact denoiser of a three-component Gaussian mixture in 2D
 (:data:`MIXTURE`, ``v2a_sampler.core.analytic``) with an EDM schedule (``x = x0 + sigma eps``, time = sigma), from
-fixed noise, and stores: the sigma grid, the start noise, every noise tensor the sampler consumed (drawn from a fixed
-bank, in order) with the interval ``(sigma, sigma_next)`` it was asked for (NaN for EDM's churn, which k-diffusion
-draws with ``randn_like``), and the final sample. One case of ``euler_edm`` also records k-diffusion's callback
-dicts. Our solver replays the same noise and must ask for it over the same intervals.
+fixed noise, and stores: the sigma grid, the start noise, the intervals ``(sigma, sigma_next)`` the sampler asked
+noise for and the final sample. The noise is either a fixed bank (every tensor the sampler consumed is stored, in
+order; NaN intervals for EDM's churn, which k-diffusion draws with ``randn_like``): our solver replays it and must
+ask for it over the same intervals; or a Brownian path, our ``BrownianTreeNoise`` (seeds in the metadata) plugged
+into k-diffusion as its ``noise_sampler`` on the noise level ``sigma / (1 + sigma)``: our solver runs with the same
+tree. One case of ``euler_edm`` also records k-diffusion's callback dicts.
 
 Versions used for the committed fixtures (Python 3.11, CPU):
 
@@ -49,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from v2a_sampler.core.analytic import ConditionalGaussianMixture, GaussianMixture  # noqa: E402
+from v2a_sampler.core.noise import BrownianTreeNoise  # noqa: E402
 
 FIXTURE_DIR = ROOT / "tests" / "fixtures" / "solvers"
 #: Rows and dimensions of every case.
@@ -135,18 +138,32 @@ def start_noise() -> torch.Tensor:
 
 
 def run_k_diffusion(
-    k_sampling: types.ModuleType, fn_name: str, sigmas: torch.Tensor, settings: dict[str, Any], churn: bool = False
+    k_sampling: types.ModuleType,
+    fn_name: str,
+    sigmas: torch.Tensor,
+    settings: dict[str, Any],
+    churn: bool = False,
+    brownian: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """One k-diffusion sampler run: its output, the noise it drew and its callback dicts."""
     bank, events = Bank(), []
     fn = getattr(k_sampling, fn_name)
+    if brownian:
+        tree = BrownianTreeNoise(BROWNIAN_SEEDS)
+        like = torch.zeros(ROWS, DIM)
+        intervals: list[tuple[float, float]] = []
+
+        def brownian_sampler(sigma: Any, sigma_next: Any) -> torch.Tensor:
+            a, b = float(sigma), float(sigma_next)
+            intervals.append((a, b))
+            return tree(like, a / (1.0 + a), b / (1.0 + b))
 
     def model(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return denoised(x, float(sigma[0]))
 
     kwargs = dict(settings)
     if "noise_sampler" in inspect.signature(fn).parameters:
-        kwargs["noise_sampler"] = bank.sampler
+        kwargs["noise_sampler"] = brownian_sampler if brownian else bank.sampler
     real_randn_like = torch.randn_like
     drawn: list[torch.Tensor] = []
     if churn:  # k-diffusion draws EDM's churn noise with torch.randn_like every step, used or not
@@ -175,6 +192,10 @@ def run_k_diffusion(
             "bank": torch.stack(used),
             "intervals": torch.full((len(used), 2), math.nan, dtype=torch.float64),
         }
+    elif brownian:
+        out |= {"bank": torch.zeros(0, ROWS, DIM), "intervals": torch.tensor(intervals).reshape(-1, 2)}
+    elif settings.get("eta", 1.0) == 0:  # some samplers draw noise at eta = 0 and scale it by sigma_up = 0
+        out |= {"bank": torch.zeros(0, ROWS, DIM), "intervals": torch.zeros(0, 2)}
     else:
         out |= bank.used()
     return out, events
@@ -205,57 +226,75 @@ def run_unipc(sigmas: torch.Tensor, order: int) -> dict[str, torch.Tensor]:
     return {"out": out, "bank": torch.zeros(0, ROWS, DIM), "intervals": torch.zeros(0, 2)}
 
 
-#: ``solver -> [(grid, our options, reference, reference settings)]``; reference ``k:NAME`` is k-diffusion's
-#: ``sampling.NAME``, ``unipc`` diffusers' scheduler.
-CASES: dict[str, list[tuple[str, dict[str, float], str, dict[str, Any]]]] = {
-    "euler": [("karras_to_zero", {}, "k:sample_euler", {}), ("karras_to_sigma_min", {}, "k:sample_euler", {})],
+#: Seeds of the per-row Brownian trees of the cases driven by a Brownian path.
+BROWNIAN_SEEDS = [11, 12, 13, 14, 15]
+
+
+def case(grid_name: str, options: dict[str, float], reference: str, settings: dict[str, Any] | None = None,
+         noise: str = "bank") -> dict[str, Any]:  # fmt: skip
+    """One case: a grid, our solver's options, the reference (``k:NAME`` is k-diffusion's ``sampling.NAME``,
+    ``unipc`` diffusers' scheduler) with its settings (default: our options), and the noise: ``bank`` (fixed
+    draws, replayed by the test) or ``brownian`` (our ``BrownianTreeNoise(BROWNIAN_SEEDS)`` on the noise level
+    ``sigma / (1 + sigma)`` as k-diffusion's ``noise_sampler``, which its own BrownianTreeNoiseSampler plays by default;
+    the test drives our solver with the same tree)."""
+    return {"grid": grid_name, "options": options, "reference": reference,
+            "settings": dict(options) if settings is None else settings, "noise": noise}  # fmt: skip
+
+
+Z, M = "karras_to_zero", "karras_to_sigma_min"
+#: ``solver -> cases``.
+CASES: dict[str, list[dict[str, Any]]] = {
+    "euler": [case(Z, {}, "k:sample_euler"), case(M, {}, "k:sample_euler")],
     "euler_edm": [
-        ("karras_to_zero", {"s_churn": 2.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003}, "k:sample_euler",
-         {"s_churn": 2.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003}),
-        ("karras_to_sigma_min", {"s_churn": 0.5}, "k:sample_euler", {"s_churn": 0.5}),
+        case(Z, {"s_churn": 2.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003}, "k:sample_euler"),
+        case(M, {"s_churn": 0.5}, "k:sample_euler"),
     ],
     "euler_a": [
-        ("karras_to_zero", {}, "k:sample_euler_ancestral", {}),
-        ("karras_to_sigma_min", {"eta": 0.6, "s_noise": 0.9}, "k:sample_euler_ancestral", {"eta": 0.6, "s_noise": 0.9}),
+        case(Z, {}, "k:sample_euler_ancestral"),
+        case(M, {"eta": 0.6, "s_noise": 0.9}, "k:sample_euler_ancestral"),
+        case(Z, {}, "k:sample_euler_ancestral", noise="brownian"),
     ],
     "heun_edm": [
-        ("karras_to_zero", {}, "k:sample_heun", {}),
-        ("karras_to_zero", {"s_churn": 1.5, "s_tmin": 0.1, "s_tmax": 20.0, "s_noise": 1.002}, "k:sample_heun",
-         {"s_churn": 1.5, "s_tmin": 0.1, "s_tmax": 20.0, "s_noise": 1.002}),
-        ("karras_to_sigma_min", {"s_churn": 0.8}, "k:sample_heun", {"s_churn": 0.8}),
+        case(Z, {}, "k:sample_heun"),
+        case(Z, {"s_churn": 1.5, "s_tmin": 0.1, "s_tmax": 20.0, "s_noise": 1.002}, "k:sample_heun"),
+        case(M, {"s_churn": 0.8}, "k:sample_heun"),
     ],
-    "dpmpp_2m": [("karras_to_zero", {}, "k:sample_dpmpp_2m", {}), ("karras_to_sigma_min", {}, "k:sample_dpmpp_2m", {})],
+    "dpmpp_2m": [case(Z, {}, "k:sample_dpmpp_2m"), case(M, {}, "k:sample_dpmpp_2m")],
     "dpmpp_2m_sde": [
-        ("karras_to_zero", {}, "k:sample_dpmpp_2m_sde", {}),
-        ("karras_to_sigma_min", {"eta": 0.5, "s_noise": 0.9}, "k:sample_dpmpp_2m_sde", {"eta": 0.5, "s_noise": 0.9}),
+        case(Z, {}, "k:sample_dpmpp_2m_sde"),
+        case(M, {"eta": 0.5, "s_noise": 0.9}, "k:sample_dpmpp_2m_sde"),
+        case(Z, {}, "k:sample_dpmpp_2m_sde", noise="brownian"),
     ],
     "dpmpp_2m_sde_heun": [
-        ("karras_to_zero", {}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun"}),
-        ("karras_to_sigma_min", {"eta": 0.7}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.7}),
-        ("karras_to_zero", {"eta": 0.0}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.0}),
+        case(Z, {}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+        case(M, {"eta": 0.7}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.7}),
+        case(Z, {"eta": 0.0}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.0}),
+        case(M, {}, "k:sample_dpmpp_2m_sde", {"solver_type": "heun"}, noise="brownian"),
     ],
     "dpmpp_3m_sde": [
-        ("karras_to_zero", {}, "k:sample_dpmpp_3m_sde", {}),
-        ("karras_to_sigma_min", {"eta": 0.5, "s_noise": 0.9}, "k:sample_dpmpp_3m_sde", {"eta": 0.5, "s_noise": 0.9}),
-        ("karras_to_zero", {"eta": 0.0}, "k:sample_dpmpp_3m_sde", {"eta": 0.0}),
+        case(Z, {}, "k:sample_dpmpp_3m_sde"),
+        case(M, {"eta": 0.5, "s_noise": 0.9}, "k:sample_dpmpp_3m_sde"),
+        case(Z, {"eta": 0.0}, "k:sample_dpmpp_3m_sde"),
+        case(Z, {}, "k:sample_dpmpp_3m_sde", noise="brownian"),
     ],
+    # its two noises per step overlap ([t, mid] and [t, s]): only a Brownian path gives both consistently
     "dpmpp_sde": [
-        ("karras_to_zero", {}, "k:sample_dpmpp_sde", {}),
-        ("karras_to_sigma_min", {"eta": 0.6, "s_noise": 0.9, "r": 0.3}, "k:sample_dpmpp_sde",
-         {"eta": 0.6, "s_noise": 0.9, "r": 0.3}),
+        case(Z, {}, "k:sample_dpmpp_sde", noise="brownian"),
+        case(M, {"eta": 0.6, "s_noise": 0.9, "r": 0.3}, "k:sample_dpmpp_sde", noise="brownian"),
+        case(Z, {"eta": 0.0}, "k:sample_dpmpp_sde"),
     ],
     "dpmpp_2s_ancestral": [
-        ("karras_to_zero", {}, "k:sample_dpmpp_2s_ancestral", {}),
-        ("karras_to_sigma_min", {"eta": 0.5, "s_noise": 0.9}, "k:sample_dpmpp_2s_ancestral",
-         {"eta": 0.5, "s_noise": 0.9}),
+        case(Z, {}, "k:sample_dpmpp_2s_ancestral"),
+        case(M, {"eta": 0.5, "s_noise": 0.9}, "k:sample_dpmpp_2s_ancestral"),
+        case(M, {}, "k:sample_dpmpp_2s_ancestral", noise="brownian"),
     ],
     "unipc": [
-        ("karras_to_zero", {}, "unipc", {"order": 2}),
-        ("karras_to_zero", {"order": 3}, "unipc", {"order": 3}),
-        ("karras_to_sigma_min", {"order": 1}, "unipc", {"order": 1}),
-        ("karras_to_sigma_min", {"order": 3}, "unipc", {"order": 3}),
+        case(Z, {}, "unipc", {"order": 2}),
+        case(Z, {"order": 3}, "unipc"),
+        case(M, {"order": 1}, "unipc"),
+        case(M, {"order": 3}, "unipc"),
     ],
-}  # fmt: skip
+}
 #: The case whose k-diffusion callback dicts are stored (solver, case index).
 CALLBACK_CASE = ("euler_edm", 0)
 
@@ -281,23 +320,30 @@ def main() -> None:
     for solver, cases in CASES.items():
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {"solver": solver, "versions": versions, "mixture": MIXTURE_SPEC, "cases": []}
-        for k, (grid_name, options, reference, settings) in enumerate(cases):
-            sigmas = grid(grid_name, k_sampling)
-            if reference == "unipc":
-                result, events = run_unipc(sigmas, settings["order"]), []
+        for k, spec in enumerate(cases):
+            sigmas = grid(spec["grid"], k_sampling)
+            settings, brownian = spec["settings"], spec["noise"] == "brownian"
+            if spec["reference"] == "unipc":
+                result, events = run_unipc(sigmas, settings.get("order", 2)), []
                 ref_name = "diffusers.UniPCMultistepScheduler(solver_type='bh2', predict_x0=True)"
             else:
-                fn_name = reference.removeprefix("k:")
+                fn_name = spec["reference"].removeprefix("k:")
                 churn = "s_churn" in settings
-                result, events = run_k_diffusion(k_sampling, fn_name, sigmas, settings, churn)
+                result, events = run_k_diffusion(k_sampling, fn_name, sigmas, settings, churn, brownian)
                 ref_name = f"k_diffusion.sampling.{fn_name}"
-            tensors |= {f"{k}/sigmas": sigmas, f"{k}/noise": start_noise(), **{f"{k}/{n}": v for n, v in result.items()}}
+            tensors |= {
+                f"{k}/sigmas": sigmas,
+                f"{k}/noise": start_noise(),
+                **{f"{k}/{n}": v for n, v in result.items()},
+            }
             if (solver, k) == CALLBACK_CASE:
                 tensors[f"{k}/cb_sigma"] = torch.tensor([float(e["sigma"]) for e in events])
                 tensors[f"{k}/cb_sigma_hat"] = torch.tensor([float(e["sigma_hat"]) for e in events])
                 tensors[f"{k}/cb_x"] = torch.stack([e["x"] for e in events])
                 tensors[f"{k}/cb_denoised"] = torch.stack([e["denoised"] for e in events])
-            meta["cases"].append({"grid": grid_name, "options": options, "reference": ref_name, "settings": settings})
+            meta["cases"].append(
+                {**spec, "reference": ref_name, "brownian_seeds": BROWNIAN_SEEDS if brownian else None}
+            )
         save(solver, tensors, meta)
 
 

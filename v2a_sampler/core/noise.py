@@ -147,19 +147,27 @@ class BrownianTreeNoise:
             self._cache.move_to_end(key)
             return hit
         row_keys = _mix(np.array(self._row_seeds(rows), dtype=np.uint64))
+        # the dyadic intervals containing u, level by level (heap numbering: level l holds 2**l + index), and the
+        # normals of their midpoints, drawn in one go
+        nodes, index = [], 0
+        lo, hi = 0.0, 1.0
+        for lev in range(self.depth):
+            nodes.append((1 << lev) + index)
+            mid = 0.5 * (lo + hi)
+            lo, hi, index = (lo, mid, 2 * index) if u < mid else (mid, hi, 2 * index + 1)
+        with np.errstate(over="ignore"):
+            node_keys = _mix(row_keys[None, :] ^ (np.array(nodes, dtype=np.uint64)[:, None] * _GOLDEN))
+        z = _normals(node_keys.reshape(-1), elements).reshape(self.depth, rows, elements)
         w_lo = np.zeros((rows, elements))
         w_hi = _normals(_mix(row_keys), elements)  # W(1)
-        lo, hi, index = 0.0, 1.0, 0
+        lo, hi = 0.0, 1.0
         for lev in range(self.depth):
-            node = np.uint64((1 << lev) + index)  # heap numbering: level l holds 2**l + index
-            with np.errstate(over="ignore"):
-                node_keys = _mix(row_keys ^ (node * _GOLDEN))
             mid = 0.5 * (lo + hi)
-            w_mid = 0.5 * (w_lo + w_hi) + 0.5 * math.sqrt(hi - lo) * _normals(node_keys, elements)
+            w_mid = 0.5 * (w_lo + w_hi) + (0.5 * math.sqrt(hi - lo)) * z[lev]
             if u < mid:
-                hi, w_hi, index = mid, w_mid, 2 * index
+                hi, w_hi = mid, w_mid
             else:
-                lo, w_lo, index = mid, w_mid, 2 * index + 1
+                lo, w_lo = mid, w_mid
         w = w_lo + (u - lo) / (hi - lo) * (w_hi - w_lo)
         self._cache[key] = w
         if len(self._cache) > BROWNIAN_CACHE:

@@ -514,14 +514,15 @@ def _ancestral_step(
     r_down: float,
     r_up: float,
     s_noise: float,
-    noise: NoiseSource,
+    z: torch.Tensor | None,
 ) -> torch.Tensor:
-    """DDIM to ``r_down`` in VE coordinates, then noise of scale ``r_up``, landing at the model time of ``to``:
-    ``y = (r_down / r_t) y_t + (1 - r_down / r_t) x0 + s_noise r_up z``, ``x = alpha_to y``."""
+    """DDIM to ``r_down`` in VE coordinates, then noise ``z`` of scale ``r_up``, landing at the model time of
+    ``to``: ``y = (r_down / r_t) y_t + (1 - r_down / r_t) x0 + s_noise r_up z``, ``x = alpha_to y``."""
     keep = r_down * now.alpha / now.sigma  # r_down / r_t: 0 at pure noise
     out = (to.alpha * r_down / now.sigma) * x + (to.alpha * (1.0 - keep)) * x0
     if r_up:
-        out = out + (to.alpha * r_up * s_noise) * noise(x, now.noise_level, to.noise_level)
+        assert z is not None
+        out = out + (to.alpha * r_up * s_noise) * z
     return out
 
 
@@ -654,7 +655,12 @@ def dpmpp_sde(
 ) -> torch.Tensor:
     """DPM-Solver++ (stochastic), k-diffusion's ``sample_dpmpp_sde``: an ancestral DPM-Solver step to the point a
     fraction ``r`` of the way in log-SNR, a second evaluation there, then an ancestral step from ``t`` to ``s`` with
-    ``x0 = (1 - 1/2r) x0_t + (1/2r) x0_mid``; Euler on a last step to sigma = 0."""
+    ``x0 = (1 - 1/2r) x0_t + (1/2r) x0_mid``; Euler on a last step to sigma = 0.
+
+    The two noises are increments of one Brownian path, over ``[t, mid]`` and over ``[t, s]`` (k-diffusion draws
+    them from its Brownian tree; independent draws make the samples' variance too small): we draw the increments
+    over ``[t, mid]`` and ``[mid, s]`` from the noise source and add them, which is that path for a
+    :class:`~v2a_sampler.core.noise.BrownianTreeNoise` and a valid one for fresh draws."""
     noise = noise_source(generator)
     fac = 0.5 / r
     for i in range(len(timesteps) - 1):
@@ -669,10 +675,16 @@ def dpmpp_sde(
             r_mid = _log_snr_point(now, nxt.ratio, r)
             t_mid = schedule.t_from_ratio(r_mid)
             mid = schedule.terms(t_mid)
-            x_2 = _ancestral_step(x, x0, now, mid, *_ancestral_split(now.ratio, r_mid, eta), s_noise, noise)
+            z_1 = z_2 = None
+            if eta:
+                width_1, width_2 = now.noise_level - mid.noise_level, mid.noise_level - nxt.noise_level
+                w_1 = noise(x, now.noise_level, mid.noise_level) * math.sqrt(width_1)
+                w_2 = noise(x, mid.noise_level, nxt.noise_level) * math.sqrt(width_2)
+                z_1, z_2 = w_1 / math.sqrt(width_1), (w_1 + w_2) / math.sqrt(width_1 + width_2)
+            x_2 = _ancestral_step(x, x0, now, mid, *_ancestral_split(now.ratio, r_mid, eta), s_noise, z_1)
             x0_2 = denoise(x_2, t_mid)
             x0_d = (1.0 - fac) * x0 + fac * x0_2
-            x = _ancestral_step(x, x0_d, now, nxt, *_ancestral_split(now.ratio, nxt.ratio, eta), s_noise, noise)
+            x = _ancestral_step(x, x0_d, now, nxt, *_ancestral_split(now.ratio, nxt.ratio, eta), s_noise, z_2)
         _emit(callback, i=i, t=t, t_next=s, x=x, denoised=x0, t_hat=t, x_hat=x_in)
     return x
 
@@ -712,7 +724,8 @@ def dpmpp_2s_ancestral(
             x0_step = denoise(u.x * x + u.x0 * x0, t_mid)
         else:
             x0_step = x0
-        x = _ancestral_step(x, x0_step, now, nxt, r_down, r_up, s_noise, noise)
+        z = noise(x, now.noise_level, nxt.noise_level) if r_up else None
+        x = _ancestral_step(x, x0_step, now, nxt, r_down, r_up, s_noise, z)
         _emit(callback, i=i, t=t, t_next=s, x=x, denoised=x0, t_hat=t, x_hat=x_in)
     return x
 
