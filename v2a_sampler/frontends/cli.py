@@ -175,13 +175,22 @@ def main(
         ),  # fmt: skip
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default: 25).", show_default=False)] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            help="Time grid: uniform, shifted (flow shift: -O shift=3) or karras (-O rho=7, -O sigma_min=..., "
+            "-O sigma_max=...; flow models need sigma_max). Default: the model's (uniform for flow models).",
+            show_default=False,
+        ),
+    ] = None,
     option: Annotated[
         list[str] | None,
         typer.Option(
             "--option",
             "-O",
-            help="Solver or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde; "
-            "griffin_lim_iters=32 for the embedded model).",
+            help="Solver, grid or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde, s_churn=1 "
+            "for heun_edm, brownian=1 for Brownian-tree noise, rho=5 with --grid karras; griffin_lim_iters=32 for "
+            "the embedded model).",
             show_default=False,
         ),
     ] = None,
@@ -261,7 +270,7 @@ def main(
     try:
         config = RunConfig(model=model, bad_model=bad_model, device=device, dtype=dtype, compile=compile_model,
                            guidance=guidance, solver=solver, steps=steps, seed=seed, duration=duration,
-                           options=_options(option))  # fmt: skip
+                           options={**_options(option), **({"grid": grid} if grid is not None else {})})  # fmt: skip
         if explain:
             _explain(G.parse(config.guidance or _default_guidance(config)))
             return
@@ -351,10 +360,10 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
             t0 = time.perf_counter()
             task = progress.add_task(f"{src.name}", total=plan.stages)
 
-            def tick(_info, task=task):
-                progress.advance(task)
+            def tick(done: int, _total: int, task=task) -> None:
+                progress.update(task, completed=done)
 
-            audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick, **text)
+            audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, progress=tick, **text)
             wav.parent.mkdir(parents=True, exist_ok=True)
             audio.save(wav, overwrite=overwrite)
             written = [wav]
