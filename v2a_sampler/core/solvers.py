@@ -14,13 +14,18 @@ solver is one :func:`register` call (plus its tests).
 
 * ``euler``: first order; the DDIM update ``x_s = (sigma_s / sigma_t) x_t + (alpha_s - sigma_s alpha_t / sigma_t) x0``,
   which for flow models is exactly ``x + (s - t) * velocity``.
-* ``euler_a``: Euler ancestral (k-diffusion's ``sample_euler_ancestral``) in the variance-exploding coordinates
-  ``(x / alpha, sigma / alpha)`` of any schedule: a deterministic step down to ``sigma_down`` plus fresh noise.
 * ``heun``: second order trapezoidal rule on the probability-flow ODE in flow-normalised coordinates
   ``(x / (alpha + sigma), sigma / (alpha + sigma))`` (for flow models: plain Heun in t); the last step to the data
   end is an Euler step, as in EDM.
 * ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al., 2022), multistep second order in ``lambda = log(alpha / sigma)``.
-* ``dpmpp_2m_sde``: its SDE variant (midpoint), noise ``eta`` and seeded noise from a ``torch.Generator``.
+* k-diffusion's samplers (Crowson; Karras et al. 2022): ``euler_a``, ``euler_edm`` / ``heun_edm`` (EDM's Algorithm 2
+  with churn), ``dpmpp_2m_sde`` (and its Heun form), ``dpmpp_3m_sde``, ``dpmpp_sde``, ``dpmpp_2s_ancestral``; and
+  diffusers' UniPC (``unipc``, bh2). k-diffusion writes them for EDM models; here they run in the variance-exploding
+  coordinates ``y = x / alpha``, ``r = sigma / alpha`` of any schedule (the model evaluated at the time whose ratio is
+  the stage's ``r``), which on an EDM model is k-diffusion's sampler exactly (``tests/test_solver_parity.py``).
+
+Stochastic solvers draw their noise from a :class:`~v2a_sampler.core.noise.NoiseSource`: ``generator=`` (one
+``torch.Generator`` or one per row) or a Brownian tree (:class:`~v2a_sampler.core.noise.BrownianTreeNoise`).
 """
 
 from __future__ import annotations
@@ -901,7 +906,7 @@ register(
     Solver(
         "euler_a",
         "Euler ancestral: Euler to sigma_down, then fresh noise",
-        "k-diffusion",
+        "k-diffusion sample_euler_ancestral",
         rule=_euler_ancestral_rule,
         options=_NOISE_OPTIONS,
         aliases=("euler_ancestral",),
@@ -912,7 +917,7 @@ register(
     Solver(
         "euler_edm",
         "k-diffusion's Euler with EDM's churn (raise the noise, evaluate, Euler step); without churn exactly `euler`",
-        "Karras et al. 2022, Alg. 2",
+        "Karras et al. 2022, Alg. 2; k-diffusion sample_euler",
         loop=euler_edm,
         options=_CHURN_OPTIONS,
         aliases=("euler_churn",),
@@ -923,7 +928,8 @@ register(
 register(
     Solver(
         "heun",
-        "second order trapezoidal rule in flow-normalised coordinates; Euler on a last step to sigma = 0",
+        "second order trapezoidal rule in flow-normalised coordinates x / (alpha + sigma) (plain Heun in t on flow "
+        "models; on EDM models not EDM's Heun: see heun_edm); Euler on a last step to sigma = 0",
         "Karras et al. 2022",
         loop=heun,
         stages_per_step=2,
@@ -935,7 +941,7 @@ register(
         "heun_edm",
         "EDM's / k-diffusion's Heun: trapezoidal rule in VE coordinates (sigma / alpha) with EDM's churn; Euler on a "
         "last step to sigma = 0",
-        "Karras et al. 2022, Alg. 2",
+        "Karras et al. 2022, Alg. 2; k-diffusion sample_heun",
         loop=heun_edm,
         stages_per_step=2,
         final_stages=1,
@@ -948,7 +954,7 @@ register(
     Solver(
         "dpmpp_2m",
         "DPM-Solver++(2M), multistep second order in log-SNR",
-        "Lu et al. 2022",
+        "Lu et al. 2022; k-diffusion sample_dpmpp_2m",
         rule=_dpmpp_2m_rule,
         aliases=("dpm++2m", "dpm++_2m"),
     )
@@ -957,7 +963,7 @@ register(
     Solver(
         "dpmpp_2m_sde",
         "DPM-Solver++(2M) SDE, midpoint form",
-        "Lu et al. 2022",
+        "Lu et al. 2022; k-diffusion sample_dpmpp_2m_sde",
         rule=_dpmpp_2m_sde_rule,
         options=_NOISE_OPTIONS,
         aliases=("dpm++2msde", "dpm++_2m_sde"),
@@ -967,8 +973,8 @@ register(
 register(
     Solver(
         "dpmpp_2m_sde_heun",
-        "DPM-Solver++(2M) SDE, Heun form (k-diffusion's solver_type='heun')",
-        "Lu et al. 2022; k-diffusion",
+        "DPM-Solver++(2M) SDE, Heun form",
+        "Lu et al. 2022; k-diffusion sample_dpmpp_2m_sde, solver_type='heun'",
         rule=_dpmpp_2m_sde_heun_rule,
         options=_NOISE_OPTIONS,
         aliases=("dpm++2msdeheun",),
@@ -979,7 +985,7 @@ register(
     Solver(
         "dpmpp_3m_sde",
         "DPM-Solver++(3M) SDE, multistep third order in log-SNR",
-        "Lu et al. 2022; k-diffusion",
+        "Lu et al. 2022; k-diffusion sample_dpmpp_3m_sde",
         loop=dpmpp_3m_sde,
         options=_NOISE_OPTIONS,
         aliases=("dpm++3msde",),
@@ -991,7 +997,7 @@ register(
         "dpmpp_sde",
         "DPM-Solver++ SDE: two ancestral stages per step (the second at fraction r in log-SNR); Euler on a last step "
         "to sigma = 0",
-        "Lu et al. 2022; k-diffusion",
+        "Lu et al. 2022; k-diffusion sample_dpmpp_sde",
         loop=dpmpp_sde,
         stages_per_step=2,
         final_stages=1,
@@ -1006,7 +1012,7 @@ register(
         "dpmpp_2s_ancestral",
         "DPM-Solver++(2S) ancestral: single-step second order to sigma_down, then fresh noise; Euler on a last step "
         "to sigma = 0",
-        "Lu et al. 2022; k-diffusion",
+        "Lu et al. 2022; k-diffusion sample_dpmpp_2s_ancestral",
         loop=dpmpp_2s_ancestral,
         stages_per_step=2,
         final_stages=1,
@@ -1020,7 +1026,7 @@ register(
     Solver(
         "unipc",
         "UniPC, bh2: multistep predictor-corrector in log-SNR, one evaluation per step",
-        "Zhao et al. 2023; diffusers",
+        "Zhao et al. 2023; diffusers UniPCMultistepScheduler",
         loop=unipc,
         options=(Option("order", 2, "predictor order (the corrector adds one)", minimum=1, maximum=3, integer=True),),
         aliases=("uni_pc", "uni_pc_bh2", "unipc_bh2"),
