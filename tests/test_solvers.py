@@ -177,10 +177,8 @@ def test_nfe_accounting_is_exact(solver, spec):
     assert info.nfe == good.calls + bad.calls  # per sample: every call is one full-batch branch evaluation
     assert good.rows + bad.rows == info.nfe * batch
     stages = solvers.stages_per_sample(solver, info.timesteps, good.schedule)
-    # nominal: N stages, or 2N - 1 for two-stage solvers on a grid ending at sigma = 0; DPM++ 2S ancestral (eta = 1)
-    # steps from pure noise (flow t = 1) straight down to sigma_down = 0: that first step is one Euler stage
-    two_stage = solvers.get_solver(solver).stages_per_step == 2
-    assert stages == (2 * steps - 1 if two_stage else steps) - (solver == "dpmpp_2s_ancestral")
+    two_stage = solvers.get_solver(solver).stages_per_step == 2  # 2N - 1 on a grid ending at sigma = 0
+    assert stages == (2 * steps - 1 if two_stage else steps) == solvers.get_solver(solver).stages(steps)
     if isinstance(g, G.Interval):
         levels = _stage_levels(solver, info.timesteps, good.schedule)
         assert info.nfe == sum(g.nfe_at(lv) for lv in levels)
@@ -384,7 +382,7 @@ def test_negative_conditions_replace_only_the_dropped_nulls():
         solvers.sample(good, x, cond, guidance="cfg(2)", steps=2, negative={"audio": torch.zeros(2)})
 
 
-@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("solver", list(solvers.fused_solvers()))
 @pytest.mark.parametrize("spec", ["none", "cfg(3)", "hg(2.7,2.5,1.2)", "ag(2)@[0.2,0.9]"])
 def test_fused_step_path_equals_the_solver_functions(solver, spec):
     classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])

@@ -283,7 +283,7 @@ def stages_per_sample(
     solver: str | Solver, timesteps: Sequence[float], schedule: Schedule, options: Mapping[str, float] | None = None
 ) -> int:
     """Number of denoiser stages a solver runs on this grid with these options (Heun skips its corrector on a final
-    sigma=0 step; DPM++ 2S ancestral with ``eta = 1`` makes a step from pure noise one Euler stage)."""
+    sigma=0 step)."""
     spec = get_solver(solver)
     ts = [float(t) for t in timesteps]
     if spec.times is not None:
@@ -715,7 +715,10 @@ def dpmpp_2s_ancestral(
 ) -> torch.Tensor:
     """DPM-Solver++(2S) ancestral, k-diffusion's ``sample_dpmpp_2s_ancestral``: a DDIM step to the log-SNR midpoint
     between ``t`` and ``sigma_down``, a second evaluation there, a DDIM step to ``sigma_down`` with that ``x0``,
-    then fresh noise of scale ``sigma_up``; Euler on a last step to sigma = 0."""
+    then fresh noise of scale ``sigma_up``; Euler on a last step to sigma = 0. From pure noise at ``eta = 1``
+    ``sigma_down`` is 0 (k-diffusion would take an Euler step, whose ``x0`` at pure noise is only the data mean): the
+    second stage then sits halfway in noise level and its ``x0`` makes the step, so every step but a last one to
+    sigma = 0 costs two stages."""
     noise = noise_source(generator)
     for i in range(len(timesteps) - 1):
         t, s = float(timesteps[i]), float(timesteps[i + 1])
@@ -723,7 +726,7 @@ def dpmpp_2s_ancestral(
         x0 = denoise(x, t)
         x_in = x
         r_down, r_up = _ancestral_split(now.ratio, nxt.ratio, eta)
-        if r_down > 0:
+        if _two_stages(now, nxt, r_down):
             t_mid = schedule.t_from_ratio(_log_snr_point(now, r_down, 0.5))
             u = _euler_rule(now, schedule.terms(t_mid), math.inf)
             x0_step = denoise(u.x * x + u.x0 * x0, t_mid)
@@ -735,10 +738,15 @@ def dpmpp_2s_ancestral(
     return x
 
 
+def _two_stages(now: ScheduleTerms, nxt: ScheduleTerms, r_down: float) -> bool:
+    """Whether a DPM++ 2S ancestral step runs its second stage: unless it lands on sigma = 0."""
+    return r_down > 0 or (math.isinf(now.ratio) and nxt.sigma > 0)
+
+
 def _dpmpp_2s_times(t: float, s: float, schedule: Schedule, steps: int, eta: float, s_noise: float) -> list[float]:
     now, nxt = schedule.terms(t), schedule.terms(s)
     r_down, _ = _ancestral_split(now.ratio, nxt.ratio, eta)
-    return [t, schedule.t_from_ratio(_log_snr_point(now, r_down, 0.5))] if r_down > 0 else [t]
+    return [t, schedule.t_from_ratio(_log_snr_point(now, r_down, 0.5))] if _two_stages(now, nxt, r_down) else [t]
 
 
 def dpmpp_3m_sde(
