@@ -212,13 +212,22 @@ def main(
         ),  # fmt: skip
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default: 25).", show_default=False)] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            help="Time grid: uniform, shifted (flow shift: -O shift=3) or karras (-O rho=7, -O sigma_min=..., "
+            "-O sigma_max=...; flow models need sigma_max). Default: the model's (uniform for flow models).",
+            show_default=False,
+        ),
+    ] = None,
     option: Annotated[
         list[str] | None,
         typer.Option(
             "--option",
             "-O",
-            help="Solver or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde; "
-            "griffin_lim_iters=32 for the embedded model).",
+            help="Solver, grid or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde, s_churn=1 "
+            "for heun_edm, brownian=1 for Brownian-tree noise, rho=5 with --grid karras; griffin_lim_iters=32 for "
+            "the embedded model).",
             show_default=False,
         ),
     ] = None,
@@ -307,7 +316,8 @@ def main(
     try:
         config = RunConfig(model=model, bad_model=bad_model, device=device, dtype=dtype, compile=compile_model,
                            guidance=guidance, solver=solver, steps=steps, seed=seed, duration=duration,
-                           options=_options(option), strict=strict)  # fmt: skip
+                           options={**_options(option), **({"grid": grid} if grid is not None else {})},
+                           strict=strict)  # fmt: skip
         if explain:
             _explain(G.parse(config.guidance or _default_guidance(config)))
             return
@@ -412,19 +422,17 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
         for i, (src, (wav, mp4)) in enumerate(zip(inputs, plans, strict=True)):
             t0 = time.perf_counter()
             task = progress.add_task(f"{src.name}", total=plan.stages)
-            state = {"done": 0}
 
-            def tick(_info, task=task, src=src, state=state):
-                progress.advance(task)
-                state["done"] += 1
+            def tick(done: int, total: int, task=task, src=src) -> None:
+                progress.update(task, completed=done)
                 if lines is not None:
-                    lines.update(src.name, state["done"], plan.stages, "solver stages")
+                    lines.update(src.name, done, total, "solver stages")
 
             written: list[Path] = []
             warned: list[tuple[type[Warning], str]] = []
             try:
                 with captured_warnings() as warned:
-                    audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick,
+                    audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, progress=tick,
                                           **text)  # fmt: skip
                     _write_outputs(
                         audio, src, wav, mp4, pngs[i] if pngs else None, plan, overwrite, written, pipe.mel_axes

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..core import guidance as G
-from ..core.solvers import Sampler
+from ..core.solvers import Progress, Sampler
 from ..media import io
 from ..media.audio import MelAxes
 from .config import RunConfig
@@ -285,6 +285,7 @@ class V2APipeline(abc.ABC):
         negative_prompt: Prompts = None,
         callback: Callback | None = None,
         strict: bool = False,
+        progress: Progress | None = None,
         **options: Any,
     ) -> GeneratedAudio | list[GeneratedAudio]:
         """Soundtracks for a video path or frames (or a list of them): :meth:`plan` then :meth:`generate`.
@@ -296,7 +297,7 @@ class V2APipeline(abc.ABC):
         """
         plan = self.plan(RunConfig(guidance=guidance, solver=solver, steps=steps, options=options, strict=strict))
         return self.generate(video, plan, seed=seed, duration=duration, prompt=prompt,
-                             negative_prompt=negative_prompt, callback=callback)  # fmt: skip
+                             negative_prompt=negative_prompt, callback=callback, progress=progress)  # fmt: skip
 
     @torch.no_grad()
     def generate(
@@ -309,9 +310,12 @@ class V2APipeline(abc.ABC):
         prompt: Prompts = None,
         negative_prompt: Prompts = None,
         callback: Callback | None = None,
+        progress: Progress | None = None,
     ) -> GeneratedAudio | list[GeneratedAudio]:
         """Generate with a resolved :class:`RunPlan`: inputs are read (or taken as frames), grouped by length and
-        sampled in batches; ``prompt`` / ``negative_prompt`` are one string for all items or one per item."""
+        sampled in batches; ``prompt`` / ``negative_prompt`` are one string for all items or one per item.
+        ``callback`` gets the solver's per-step dict, ``progress(stages done, stages)`` is called after every
+        denoiser stage of each batch (see :func:`v2a_sampler.solvers.sample`)."""
         single = self._is_single(video)
         videos = [video] if single else list(video)
         if not videos:
@@ -333,7 +337,7 @@ class V2APipeline(abc.ABC):
         results: list[GeneratedAudio | None] = [None] * n
         for idx in groups.values():
             group = [items[i] for i in idx]
-            waves, mels, info = self._sample(group, plan, callback)
+            waves, mels, info = self._sample(group, plan, callback, progress)
             for i, item, wave, mel in zip(idx, group, waves, mels, strict=True):
                 meta = {k: v for k, v in info.to_dict().items() if k != "timesteps"}
                 meta.update(seed=item.seed, duration=item.duration, model=self.name, prompt=item.prompt,
@@ -346,7 +350,9 @@ class V2APipeline(abc.ABC):
         return (item.frames is None, round(item.duration, 6))
 
     @abc.abstractmethod
-    def _sample(self, items: list[_Item], plan: RunPlan, callback: Callback | None) -> tuple[list, list, Any]:
+    def _sample(
+        self, items: list[_Item], plan: RunPlan, callback: Callback | None, progress: Progress | None = None
+    ) -> tuple[list, list, Any]:
         """One batch of equal-length items: waveforms ``[N]`` (float32, CPU), mels, and the sampler's
         :class:`~v2a_sampler.solvers.SampleInfo`."""
 

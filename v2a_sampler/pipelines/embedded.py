@@ -190,7 +190,7 @@ class Pipeline(V2APipeline):
     def _group_key(self, item: Any) -> Any:
         return (self.audio_spec.num_frames(item.duration), item.frames.shape[0])
 
-    def _sample(self, items: list, plan: RunPlan, callback: Any) -> tuple[list, list, Any]:
+    def _sample(self, items: list, plan: RunPlan, callback: Any, progress: Any = None) -> tuple[list, list, Any]:
         frames = torch.stack([item.frames for item in items]).to(self.device)
         n_frames = self.audio_spec.num_frames(items[0].duration)
         cond = self.model.encode_conditions({"video": frames})
@@ -201,7 +201,7 @@ class Pipeline(V2APipeline):
             bad_cond = self.bad.encode_conditions({"video": frames}) if needs_bad else None
         seeds = [item.seed for item in items]
         noise, gens = seeded_noise((self.audio_spec.n_mels, n_frames), seeds, self.device, self.dtype)
-        z, info = plan.sampler(noise, cond, bad_cond=bad_cond, generator=gens, callback=callback)
+        z, info = plan.sampler(noise, cond, bad_cond=bad_cond, generator=gens, callback=callback, progress=progress)
         check_finite(z)
         waves, mels = [], []
         for k, item in enumerate(items):

@@ -133,7 +133,7 @@ class MMAudioPipeline(V2APipeline):
         return frames, frames.duration
 
     # -- generation ----------------------------------------------------------------------------------------------
-    def _sample(self, items: list, plan: RunPlan, callback: Any) -> tuple[list, list, Any]:
+    def _sample(self, items: list, plan: RunPlan, callback: Any, progress: Any = None) -> tuple[list, list, Any]:
         duration = items[0].duration
         frames = [item.frames for item in items]
         prompts = [item.prompt for item in items]
@@ -142,7 +142,9 @@ class MMAudioPipeline(V2APipeline):
         n_latent = self.model.sequence_lengths(duration)["latent"]
         seeds = [item.seed for item in items]
         noise, gens = seeded_noise((n_latent, self.model.latent_dim), seeds, self.device, self.dtype)
-        z, info = plan.sampler(noise, cond, negative=negative, generator=gens, callback=callback)  # bad: same cond
+        z, info = plan.sampler(
+            noise, cond, negative=negative, generator=gens, callback=callback, progress=progress
+        )  # bad model: the same conditions
         check_finite(z)
         mel = self.decoder.mel(self.model.unnormalize(z.float()))
         wave = self.decoder.vocode(mel)[..., : round(duration * self.sample_rate)]
