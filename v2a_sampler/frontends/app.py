@@ -395,13 +395,12 @@ class Studio:
             for k, (spec, plan) in enumerate(plans):
                 t0 = time.perf_counter()
 
-                def tick(_info: Any, spec: str = spec) -> None:
-                    nonlocal done
-                    done += 1
-                    if progress is not None:
-                        progress(done, total, spec)
+                def tick(stages_done: int, _stages: int, spec: str = spec, before: int = done) -> None:
+                    if progress is not None:  # solver stages over every column (Heun's two per step included)
+                        progress(before + stages_done, total, spec)
 
-                audio = pipe.generate(frames, plan, seed=request.seed, duration=covered, callback=tick, **prompts)
+                audio = pipe.generate(frames, plan, seed=request.seed, duration=covered, progress=tick, **prompts)
+                done += plan.stages
                 stem = f"{Path(video).stem}_{k + 1}_{_slug(plan.guidance.spec())}"
                 wav = audio.save(folder / f"{stem}.wav")
                 mp4 = audio.mux(video, folder / f"{stem}{MUX_SUFFIX}.mp4")
