@@ -620,6 +620,9 @@ class Sampler:
         else:
             ts = get_timesteps(denoiser.schedule, DEFAULT_STEPS if steps is None else steps, grid, shift)
         self.timesteps: list[float] = _check_grid(ts, denoiser.schedule).tolist()
+        # guidance hook (issue #16): forms defined over steps (window fractions, zero_star's zero-init steps) bind
+        # to this grid's noise levels once; every other guidance returns itself unchanged
+        self.guidance = self.guidance.on_grid([denoiser.schedule.terms(t).noise_level for t in self.timesteps])
         self.fused = fused
         self.engine_options = dict(batch_branches=batch_branches, stack_models=stack_models, streams=streams,
                                    cuda_graph=cuda_graph)  # fmt: skip
@@ -681,7 +684,7 @@ class Sampler:
             nfe=engine.nfe,
             steps=self.steps,
             solver=self.solver.name,
-            guidance=self.guidance.to_dict(),
+            guidance=G.record(self.guidance),  # guidance hook (issue #16): callable weights have no dict
             timesteps=list(self.timesteps),
             nfe_by_role=dict(engine.nfe_by_role),
             forwards=engine.forwards,
