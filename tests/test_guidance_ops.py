@@ -9,9 +9,11 @@ import json
 import math
 from pathlib import Path
 
+import bench
 import pytest
 import torch
 from safetensors import safe_open
+from test_nfe_budget import _load_benchmark
 from typer.testing import CliRunner
 
 from v2a_sampler import denoisers as D
@@ -19,6 +21,7 @@ from v2a_sampler import guidance as G
 from v2a_sampler import solvers
 from v2a_sampler.cli import app
 from v2a_sampler.core.analytic import ConditionalGaussianMixture, GaussianMixture
+from v2a_sampler.lab.toy2d import pretrained
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "guiders" / "diffusers_guiders.safetensors"
 CLASSES = ConditionalGaussianMixture(
@@ -371,6 +374,7 @@ ROUND_TRIPS = (
     "window(hg(2.7,2.5,1.2),start=0.1,stop=0.9)",
     "apg(window(cfg(linear(1,7)),stop=0.5))@[0.1,0.9]",
     "0.5*apg(cfg(3))+0.5*rescale(ag(2))",
+    "0.5*window(cfg(3),stop=0.5)+0.5*hg(linear(2,3),2.5,1.2)",
 )
 
 
@@ -423,3 +427,15 @@ def test_explain_shows_the_schedule():
                              env={"COLUMNS": "200"})  # fmt: skip
     assert res.exit_code == 0 and "Non-linear: zero_star(cfg(3),k=2)" in res.stdout
     assert res.stdout.count("zero_star: zero output (first 2 steps)") == 2
+
+
+def test_nfe_budget_benchmark_runs_the_operators_at_cfgs_cost():
+    nb = _load_benchmark()
+    lab, v2a = nb.lab_specs(nb.ALL_METHODS), nb.v2a_specs(nb.ALL_METHODS)
+    assert lab["apg"] == "apg(cfg(3))" and v2a["zero_star"] == "zero_star(cfg)" and v2a["hg"] == "hg"
+    models = {"good": pretrained("good"), nb.LAB_BAD: pretrained(nb.LAB_BAD)}
+    for method in nb.OPERATOR_METHODS:
+        assert bench.nfe_per_step(lab[method]) == bench.nfe_per_step(v2a[method]) == 2
+        steps = bench.steps_for_budget(12, 2, "heun")
+        x, nfe = nb.lab_draw(models, lab[method], "heun", steps, 0, 8, seed=0)
+        assert nfe == bench.cost("cfg(3)", "heun", steps) <= 12 and torch.isfinite(x).all()

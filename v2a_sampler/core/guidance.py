@@ -413,7 +413,7 @@ class Linear(Guidance):
         for i, (c, g) in enumerate(self.terms):
             sign = "-" if c < 0 else "+"
             mag = abs(c)
-            atomic = isinstance(g, (Term, Interval, Operation)) or getattr(g, "preset", None)
+            atomic = isinstance(g, (Term, Interval, Window, Operation)) or getattr(g, "preset", None)
             body = g.spec() if atomic else f"({g.spec()})"
             txt = body if mag == 1.0 else f"{_fmt(mag)}*{body}"
             parts.append((sign if i or c < 0 else "") + txt)
@@ -1434,8 +1434,8 @@ class Operation(Guidance):
 
 
 class Rescale(Operation):
-    """Guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", sec. 3.4,
-    eqs. 15-16): with ``p_G`` the guided and ``p_c`` the conditional prediction,
+    """Guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", arXiv
+    2305.08891, sec. 3.4): with ``p_G`` the guided and ``p_c`` the conditional prediction,
 
         p_rescaled = p_G * std(p_c) / std(p_G)          (per sample)
         p = phi * p_rescaled + (1 - phi) * p_G
@@ -1464,7 +1464,7 @@ class Rescale(Operation):
 
 class APG(Operation):
     """Adaptive projected guidance (Sadat et al., "Eliminating oversaturation and artifacts of high guidance
-    scales in diffusion models", ICLR 2025, sec. 4 / Algorithm 1). With ``s = c - 1`` (:meth:`strength`) and the
+    scales in diffusion models", arXiv 2410.02416, ICLR 2025). With ``s = c - 1`` (:meth:`strength`) and the
     direction ``d = (p_G - p_c) / s`` (for ``cfg(w)``: ``p_c - p_null``):
 
         d <- d + beta * d_prev                       (momentum, state per sample and run; once per model stage)
@@ -1514,8 +1514,9 @@ class APG(Operation):
 
 
 class ZeroStar(Operation):
-    """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: improved classifier-free guidance for flow matching models", eqs.
-    8-10): the unconditional velocity is scaled by the per-sample optimal ``s* = <v_c, v_u> / |v_u|^2`` before CFG,
+    """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: improved classifier-free guidance for flow matching models", arXiv
+    2503.18886): the unconditional velocity is scaled by the per-sample optimal ``s* = <v_c, v_u> / |v_u|^2``
+    (the least-squares fit of ``v_c`` by ``s v_u``) before CFG,
 
         v = s* v_u + w (v_c - s* v_u),
 
@@ -1614,11 +1615,11 @@ def mambo(inner: Guidance | str, alpha: float = 8.0, space: str = "native") -> G
 
 
 for _op, _build, _formula, _source in (
-    (Rescale, rescale, "phi G std(p_c)/std(G) + (1 - phi) G, per sample", "Lin et al. 2024 eqs. 15-16"),
+    (Rescale, rescale, "phi G std(p_c)/std(G) + (1 - phi) G, per sample", "Lin et al. 2024 (arXiv 2305.08891)"),
     (APG, apg, "p_c + s (d_orth + eta d_par), d = (G - p_c)/s with momentum beta and norm cap r, split along p_c",
-     "Sadat et al. 2025 (APG)"),
-    (ZeroStar, zero_star, "G with every other branch p_b scaled by <p_c,p_b>/<p_b,p_b>; 0 for the first k steps",
-     "Fan et al. 2025 (CFG-Zero*)"),
+     "Sadat et al. 2025 (APG, arXiv 2410.02416)"),
+    (ZeroStar, zero_star, "G with every other branch p_b scaled by dot(p_c,p_b)/dot(p_b,p_b); 0 for the first k steps",
+     "Fan et al. 2025 (CFG-Zero*, arXiv 2503.18886)"),
     (Mambo, mambo, "p_c + exp(-alpha norm(d)/norm(p_c - d)) (G - p_c), d = (G - p_c)/s", "MAMBO-G, arXiv 2508.03442"),
 ):  # fmt: skip
     register_operator(
