@@ -69,7 +69,7 @@ class GuidedDenoiser:
             )
         if guidance.needs_bad_model:
             if bad is None:
-                raise ValueError(f"guidance {guidance.spec()} needs a bad model; pass bad=...")
+                raise ValueError(f"guidance {describe(guidance)} needs a bad model; pass bad=...")
             check_compatible(model, bad)
         self.model = model
         self.bad = bad

@@ -582,6 +582,10 @@ class WeightSchedule:
         return f"WeightSchedule({self.describe()})"
 
 
+#: A preset weight: a number, a schedule over the noise level, or a Python callable ``fn(level) -> float``.
+Weight = float | WeightSchedule | Callable[[float], float]
+
+
 def constant(w: float) -> float:
     """A constant weight (``constant(3)`` is ``3``)."""
     return Param("w", None, "number").check(w, "constant")
@@ -987,29 +991,30 @@ def none() -> Guidance:
     return PRESETS["none"]()
 
 
-def cfg(w: float = PAPER_DEFAULTS["cfg"][0], drop: str | Collection[str] | None = None) -> Guidance:
+def cfg(w: Weight = PAPER_DEFAULTS["cfg"][0], drop: str | Collection[str] | None = None) -> Guidance:
     """Classifier-free guidance (AudioMoG eq. 5): ``eps(null) + w (eps(c) - eps(null))``.
 
     ``drop`` names the conditions nulled in the unconditional branch; the default drops all of them together
-    (joint multi-condition CFG, AV-Link).
+    (joint multi-condition CFG, AV-Link). ``w`` (like every preset weight) may be a schedule over the noise level:
+    ``cfg(linear(1, 4))``, ``cfg(lambda level: ...)``.
     """
     return PRESETS["cfg"](w, drop=drop)
 
 
-def ag(w: float = PAPER_DEFAULTS["ag"][0], on: str = "cond") -> Guidance:
+def ag(w: Weight = PAPER_DEFAULTS["ag"][0], on: str = "cond") -> Guidance:
     """Autoguidance (AudioMoG eq. 6): ``eps_bad(c) + w (eps(c) - eps_bad(c))``; ``on="null"`` uses the nulls."""
     return PRESETS["ag"](w, on=on)
 
 
-def pg(w1: float = PAPER_DEFAULTS["pg"][0], w2: float = PAPER_DEFAULTS["pg"][1]) -> Guidance:
+def pg(w1: Weight = PAPER_DEFAULTS["pg"][0], w2: Weight = PAPER_DEFAULTS["pg"][1]) -> Guidance:
     """Parallel MoG (AudioMoG eq. 10): ``eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))``."""
     return PRESETS["pg"](w1, w2)
 
 
 def hg(
-    w1: float = PAPER_DEFAULTS["hg"][0],
-    w2: float = PAPER_DEFAULTS["hg"][1],
-    w3: float = PAPER_DEFAULTS["hg"][2],
+    w1: Weight = PAPER_DEFAULTS["hg"][0],
+    w2: Weight = PAPER_DEFAULTS["hg"][1],
+    w3: Weight = PAPER_DEFAULTS["hg"][2],
     order: str = "cfg",
 ) -> Guidance:
     """Hierarchical MoG.
@@ -1021,7 +1026,7 @@ def hg(
     return PRESETS["hg"](w1, w2, w3, order=order)
 
 
-def multi_cfg(weights: Mapping[str, float], mode: str = "chain") -> Guidance:
+def multi_cfg(weights: Mapping[str, Weight], mode: str = "chain") -> Guidance:
     """CFG with one scale per named condition.
 
     ``mode="chain"`` (InstructPix2Pix style), conditions in the given order ``c1..cn``::
@@ -1934,7 +1939,7 @@ def parse(spec: str | Guidance | Mapping[str, Any] | None) -> Guidance:
 def check_branches(g: Guidance, text: str | None = None) -> Guidance:
     """``g``, or ``ValueError`` when every branch coefficient cancels (``0*cfg(3)``, ``cfg(3)-cfg(3)``)."""
     if not g.all_branches:
-        raise ValueError(f"guidance {text or g.spec()!r} evaluates no branch: every coefficient is zero")
+        raise ValueError(f"guidance {text or describe(g)!r} evaluates no branch: every coefficient is zero")
     return g
 
 
@@ -2003,7 +2008,7 @@ def resolve(spec: str | Guidance | Mapping[str, Any] | None, model: Any = None, 
         g = parse(spec)
     if g.needs_bad_model and bad is None:
         keys = ", ".join(b.key for b in g.all_branches if b.role == "bad")
-        raise ValueError(f"guidance {g.spec()} needs a bad model (branches {keys}); pass a bad model")
+        raise ValueError(f"guidance {describe(g)} needs a bad model (branches {keys}); pass a bad model")
     if amg is not None:
         strength = g.cond_strength()
         if strength > AMG_WARN_CFG:
