@@ -439,3 +439,24 @@ def test_nfe_budget_benchmark_runs_the_operators_at_cfgs_cost():
         steps = bench.steps_for_budget(12, 2, "heun")
         x, nfe = nb.lab_draw(models, lab[method], "heun", steps, 0, 8, seed=0)
         assert nfe == bench.cost("cfg(3)", "heun", steps) <= 12 and torch.isfinite(x).all()
+
+
+def test_operators_on_mmaudio_latents_noise_at_zero():
+    """MMAudio's convention (noise at t = 0, velocity prediction, three conditions, sequence latents): the operators
+    run in their spaces, keep NFE and forwards, and rows stay independent; batching branches changes nothing."""
+    from test_mmaudio import _inputs, _tiny
+
+    good, bad = _tiny(seed=0), _tiny(seed=1)
+    x, _, cond = _inputs(good, 1.0, batch=2)
+    for spec in ("apg(cfg(4.5),beta=-0.5,r=5)", "rescale(hg(2,2,1.5))", "zero_star(cfg(4.5,start=0.25))"):
+        with torch.no_grad():
+            out, info = solvers.sample(good, x, cond, guidance=spec, bad=bad, bad_cond=cond, steps=4)
+            _, inner = solvers.sample(good, x, cond, guidance=G.parse(spec).inner, bad=bad, bad_cond=cond, steps=4)
+            naive, _ = solvers.sample(good, x, cond, guidance=spec, bad=bad, bad_cond=cond, steps=4,
+                                      batch_branches=False)  # fmt: skip
+            row, _ = solvers.sample(good, x[1:], {k: v[1:] for k, v in cond.items()}, guidance=spec, bad=bad,
+                                    bad_cond={k: v[1:] for k, v in cond.items()}, steps=4)  # fmt: skip
+        assert torch.isfinite(out).all() and (info.nfe, info.forwards) == (inner.nfe, inner.forwards)
+        tol = 1e-4 * out.abs().max().item()  # float32 networks: batch shapes change the matmuls' rounding
+        torch.testing.assert_close(naive, out, rtol=1e-4, atol=tol)
+        torch.testing.assert_close(row, out[1:], rtol=1e-4, atol=tol)
