@@ -1211,7 +1211,7 @@ class Sampler:
         self.denoiser, self.bad = denoiser, bad
         self.guidance = G.resolve(guidance, denoiser, bad)
         if fused and not self.guidance.is_linear:
-            raise ValueError(f"guidance {self.guidance.spec()} is not linear: the fused kernel cannot run it")
+            raise ValueError(f"guidance {G.describe(self.guidance)} is not linear: the fused kernel cannot run it")
         karras = {k: v for k, v in (("rho", rho), ("sigma_min", sigma_min), ("sigma_max", sigma_max)) if v is not None}
         if timesteps is not None:
             if steps is not None or grid is not None or karras:
@@ -1232,6 +1232,9 @@ class Sampler:
         if brownian not in (True, False, 0, 1):
             raise ValueError(f"brownian must be true or false (1 or 0), got {brownian!r}")
         self.brownian = bool(brownian)
+        # guidance hook (issue #16): forms defined over steps (window fractions, zero_star's zero-init steps) bind
+        # to this grid's noise levels once; every other guidance returns itself unchanged
+        self.guidance = self.guidance.on_grid([denoiser.schedule.terms(t).noise_level for t in self.timesteps])
         self.fused = fused
         self.engine_options = dict(batch_branches=batch_branches, stack_models=stack_models, streams=streams,
                                    cuda_graph=cuda_graph)  # fmt: skip
@@ -1308,7 +1311,7 @@ class Sampler:
             nfe=engine.nfe,
             steps=self.steps,
             solver=self.solver.name,
-            guidance=self.guidance.to_dict(),
+            guidance=G.record(self.guidance),  # guidance hook (issue #16): callable weights have no dict
             timesteps=list(self.timesteps),
             nfe_by_role=dict(engine.nfe_by_role),
             forwards=engine.forwards,

@@ -28,6 +28,7 @@ from rich.table import Table
 from .. import __version__
 from ..core import guidance as G
 from ..core import solvers
+from ..core.denoisers import FlowSchedule
 from ..errors import error_line, printable
 from ..pipelines.config import DTYPES, STEPS_WARN, ConfigError, RunConfig
 from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX, ProgressLines, captured_warnings, exit_code
@@ -88,7 +89,9 @@ def _list_solvers() -> None:
     out.print(table)
 
 
-def _explain(g: G.Guidance) -> None:
+def _explain(g: G.Guidance, steps: int) -> None:
+    """Branch coefficients and NFE of ``g``; where they vary over the run (weight schedules, windows, intervals,
+    zero_star's zero-init), also per step of the pipelines' uniform flow grid with ``steps`` steps."""
     table = Table(title=escape(f"{g.spec()}  ({g.nfe_per_step} NFE/step, affine={g.is_affine})"))
     table.add_column("branch")
     table.add_column("coefficient", justify="right")
@@ -97,6 +100,21 @@ def _explain(g: G.Guidance) -> None:
     out.print(table)
     if isinstance(g, G.Interval):
         out.print(f"Outside noise levels [{g.lo:g}, {g.hi:g}]: {g.fallback.spec()}", markup=False)
+    if not g.is_linear:
+        out.print(f"Non-linear: {g.spec()} combines these branches (formula: --list-guidance).", markup=False)
+    schedule = FlowSchedule()
+    levels = [schedule.terms(float(t)).noise_level for t in solvers.get_timesteps(schedule, steps)]
+    rows = G.step_table(g, levels)
+    if all((r["coefficients"], r["notes"]) == (rows[0]["coefficients"], rows[0]["notes"]) for r in rows):
+        return
+    keys = [b.key for b in g.all_branches]
+    per_step = Table(title=f"Per step ({steps} steps, uniform flow grid; first stage of each step)")
+    for col in ("step", "noise level", "NFE", *keys, "note"):
+        per_step.add_column(escape(col), justify="left" if col == "note" else "right")
+    for r in rows:
+        cells = [f"{r['coefficients'][k]:+.4g}" if k in r["coefficients"] else "-" for k in keys]
+        per_step.add_row(str(r["step"]), f"{r['level']:.3f}", str(r["nfe"]), *cells, escape("; ".join(r["notes"])))
+    out.print(per_step)
 
 
 def expand_inputs(args: list[str]) -> list[Path]:
@@ -319,7 +337,10 @@ def main(
                            options={**_options(option), **({"grid": grid} if grid is not None else {})},
                            strict=strict)  # fmt: skip
         if explain:
-            _explain(G.parse(config.guidance or _default_guidance(config)))
+            _explain(
+                G.parse(config.guidance or _default_guidance(config)),
+                config.steps or _pipeline_class(config).default_steps,
+            )
             return
         if config.steps is not None and config.steps > STEPS_WARN:
             _warn(f"--steps {config.steps} is far beyond where quality saturates (a few dozen); this run will be "
@@ -364,12 +385,17 @@ def _options(items: list[str] | None) -> dict[str, int | float]:
     return out
 
 
-def _default_guidance(config: RunConfig) -> str:
-    """The default guidance of the pipeline ``config`` would load (without loading it)."""
+def _pipeline_class(config: RunConfig):
+    """The pipeline class ``config`` would load (without loading it)."""
     from ..pipelines.embedded import Pipeline
     from ..pipelines.mmaudio import MMAudioPipeline
 
-    return (MMAudioPipeline if config.is_mmaudio else Pipeline).default_guidance
+    return MMAudioPipeline if config.is_mmaudio else Pipeline
+
+
+def _default_guidance(config: RunConfig) -> str:
+    """The default guidance of the pipeline ``config`` would load (without loading it)."""
+    return _pipeline_class(config).default_guidance
 
 
 def _load(config: RunConfig, rank_device: int | None = None):
