@@ -17,6 +17,10 @@ Writes ``speed.csv``; prints a table, the speed-ups over naive and the HG/CFG pe
 ``--operators`` times instead each non-affine guidance operator against the same affine guidance on the embedded
 model (batched mode, batch 1, plain Euler loop; :data:`OPERATOR_CASES`), interleaving the two so that both see the
 same machine load, and writes ``operators.csv`` with the per-step times and their ratio (target: <= 1.05x).
+
+``--perturbations`` times AG and HG on the embedded model (batch 1, batched branches) with each perturbed version of
+the good model as the bad model (:data:`PERTURBATIONS`: its branches share the good model's forward) against the
+shipped checkpoint bad model (a second network), interleaved the same way; writes ``perturbations.csv``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ OPERATOR_CASES = (
     ("hg", "apg(hg,r=15,beta=-0.5)"),
     ("hg", "rescale(hg)"),
 )
+#: Perturbed bad models of ``--perturbations`` (specs of :mod:`v2a_sampler.models.perturb`).
+PERTURBATIONS = ("perturb:identity=1", "perturb:skip=1", "perturb:blur=2", "perturb:attn_dropout=0.2")
 #: Interleaved timed passes per pair in ``--operators`` (the fastest of each side counts).
 OPERATOR_ROUNDS = 7
 #: Calls per timing of the guidance combination alone in ``--operators`` (the fastest of OPERATOR_ROUNDS counts).
@@ -242,6 +248,41 @@ def measure_operators(case: Case, steps: int, device: torch.device, rounds: int 
     return rows
 
 
+def _step_ms(good, bad, cond, method: str, x: torch.Tensor, steps: int) -> float:
+    """One timed pass of ``steps`` Euler steps (ms per step) with batched branches."""
+    g = G.resolve(method, good, bad)
+    engine = GuidedDenoiser(good, g, cond, bad, cond)
+    ts = solvers.get_timesteps(good.schedule, steps).tolist()
+    with torch.no_grad():
+        _sync(x)
+        t0 = time.perf_counter()
+        solvers.SOLVERS["euler"](lambda y, t: engine(y, t), x, ts, good.schedule)
+        _sync(x)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def measure_perturbations(case: Case, steps: int, rounds: int = OPERATOR_ROUNDS) -> list[dict]:
+    """Per-step time of AG and HG with each :data:`PERTURBATIONS` bad model against the checkpoint bad model (batch
+    1; the two timed alternately ``rounds`` times, the fastest pass of each counts)."""
+    from v2a_sampler.models.perturb import perturbed
+
+    x, cond, _ = case.inputs(1)
+    rows = []
+    for method in ("ag", "hg"):
+        for spec in PERTURBATIONS:
+            bad = perturbed(case.good, spec)
+            best = {"checkpoint": float("inf"), spec: float("inf")}
+            for _ in range(rounds):
+                best["checkpoint"] = min(best["checkpoint"], _step_ms(case.good, case.bad, cond, method, x, steps))
+                best[spec] = min(best[spec], _step_ms(case.good, bad, cond, method, x, steps))
+            row = {"method": method, "bad": spec, "checkpoint_ms": best["checkpoint"], "perturbed_ms": best[spec],
+                   "ratio": best[spec] / best["checkpoint"]}  # fmt: skip
+            rows.append(row)
+            print(f"{method:<4}{spec:<28}{best[spec]:>9.2f} ms  vs checkpoint {best['checkpoint']:>8.2f} ms  "
+                  f"ratio {row['ratio']:.3f}x", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="per-step cost of guided sampling")
     ap.add_argument("--out", type=Path, default=Path("out/speed"))
@@ -255,6 +296,7 @@ def main() -> None:
     ap.add_argument("--modes", default=None, help="comma-separated subset of modes")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--operators", action="store_true", help="non-affine operators vs the same affine guidance")
+    ap.add_argument("--perturbations", action="store_true", help="perturbed bad models vs the checkpoint bad model")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -262,6 +304,13 @@ def main() -> None:
         args.batches, args.steps = "1", 3
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.perturbations:
+        rows = measure_perturbations(embedded_case(device), args.steps)
+        with open(args.out / "perturbations.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return
     if args.operators:
         rows = measure_operators(embedded_case(device), args.steps, device)
         with open(args.out / "operators.csv", "w", newline="") as f:
