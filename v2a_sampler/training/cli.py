@@ -9,6 +9,7 @@ Examples::
     v2a-train fit --config runs/good/iter-004096/config.json --amg-weight 0.5 --out runs/amg
     v2a-train --threads 1 toy2d --out models/toy2d   # the 2D lab's good + bad models
     v2a-train show runs/good/iter-004096
+    v2a-train diagnose --good toy2d:good --bad toy2d:bad_small --data toy2d --out out/diag   # will AG help?
 
 Every model folder written loads with ``v2a_sampler.models.from_pretrained``. Also runs as
 ``python -m v2a_sampler.training``.
@@ -233,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_v2a)
+
+    from .diagnose import add_parser as add_diagnose
+
+    add_diagnose(sub)
 
     p = sub.add_parser("show", help="print a model folder's config and training metadata")
     p.add_argument("path")
