@@ -32,7 +32,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 80.0
 #: Default number of noise levels of :func:`default_levels`.
 DEFAULT_NUM_LEVELS = 12
+#: AG weights whose guided-denoiser error :meth:`DiagnosticReport.summary_stats` reports.
+GUIDED_WEIGHTS = (2.0, 3.0)
 #: Rows per model call.
 DEFAULT_BATCH = 4096
 #: CSV columns (one row per noise level and source), in order.
@@ -105,6 +107,7 @@ class _Level:
     a: torch.Tensor  # e . Delta  (or (D_g - x0) . Delta with per-sample targets)
     b: torch.Tensor  # |Delta|^2
     a_exact: torch.Tensor | None = None  # e . Delta (exact)
+    a_target: torch.Tensor | None = None  # (D_g - x0) . Delta (per-sample targets)
     c: torch.Tensor | None = None  # |e|^2 (exact)
     d: torch.Tensor | None = None  # |D_b - D*|^2 (exact)
     loss: torch.Tensor | None = None  # |D_g - x0|^2 (data)
@@ -232,6 +235,22 @@ class DiagnosticReport:
     def sources(self) -> list[str]:
         return list(dict.fromkeys(r.source for r in self.rows))
 
+    def reestimate(self, estimator: str) -> DiagnosticReport:
+        """The same measurement with the other estimator (``"exact"`` or ``"targets"``), where its per-row terms
+        were recorded (data reports with ``exact`` record both)."""
+        rows: list[LevelRow] = []
+        levels: dict[str, list[_Level]] = {}
+        for source, lvls in self._levels.items():
+            new = []
+            for lv in lvls:
+                a = lv.a_exact if estimator == "exact" else lv.a_target
+                if a is None:
+                    raise ValueError(f"source {source!r} has no {estimator!r} terms")
+                new.append(replace(lv, a=a))
+            levels[source] = new
+            rows += [_row(lv, source, estimator) for lv in new]
+        return DiagnosticReport(rows, dict(self.meta), levels)
+
     def select(self, source: str) -> list[LevelRow]:
         return [r for r in self.rows if r.source == source]
 
@@ -243,7 +262,8 @@ class DiagnosticReport:
         * ``alignment_mean``: the mean over levels of the cosine (exact only);
         * ``rel_reduction_mean`` / ``rel_reduction_lb_mean``: mean relative error reduction (exact) or its lower
           bound (data);
-        * ``error_ratio_mean``: mean of ``E|D_b - D*|^2 / E|D_g - D*|^2`` (exact only).
+        * ``error_ratio_mean``: mean of ``E|D_b - D*|^2 / E|D_g - D*|^2`` (exact only);
+        * ``guided_error_ratio_<w>_mean``: mean of :meth:`guided_error_ratio` for ``w`` in :data:`GUIDED_WEIGHTS`.
         """
         source = source or self.sources[0]
         levels = self._levels.get(source, [])
@@ -264,6 +284,42 @@ class DiagnosticReport:
             vals = [getattr(r, key) for r in rows]
             if all(math.isfinite(v) for v in vals):
                 out[f"{key}_mean"] = sum(vals) / len(vals)
+        for w in GUIDED_WEIGHTS:
+            ratios = self.guided_error_ratio(w, source)
+            if ratios and all(math.isfinite(v) for v in ratios):
+                out[f"guided_error_ratio_{w:g}_mean"] = sum(ratios) / len(ratios)
+        return out
+
+    def w_star_guidance(self, source: str | None = None, clip: tuple[float, float] = (0.0, 10.0)) -> Any:
+        """Autoguidance at the measured ``w*(t)`` of every level (clipped to ``clip``) as one guidance expression:
+        AG with a noise-level-dependent weight, each level's weight held over the noise levels nearer to it than
+        to its neighbours (nested :func:`v2a_sampler.guidance.interval` pieces). It is the denoising-optimal AG
+        schedule of this bad model: sampling with it tests whether *correcting* the good model's errors helps."""
+        from . import guidance as G
+
+        rows = sorted(self.select(source or self.sources[0]), key=lambda r: r.noise_level)
+        if not rows:
+            raise ValueError("the report has no rows for that source")
+        levels = [r.noise_level for r in rows]
+        edges = [0.0] + [(a + b) / 2 for a, b in zip(levels, levels[1:], strict=False)] + [1.0]
+        out: Any = None
+        for r, lo, hi in zip(rows, edges[:-1], edges[1:], strict=True):
+            w = min(max(r.w_star, clip[0]), clip[1])
+            out = G.interval(G.ag(w), lo, hi, out)
+        return out
+
+    def guided_error_ratio(self, w: float, source: str | None = None) -> list[float]:
+        """Per level, ``E|D_w - D*|^2 / E|D_g - D*|^2`` for AG at weight ``w`` (exact only, else NaN):
+        ``(E|e|^2 + 2 (w - 1) E[e . Delta] + (w - 1)^2 E|Delta|^2) / E|e|^2``. Below 1, AG at ``w`` brings the
+        denoiser closer to the ideal one; above 1 it moves it away (whatever it does to the samples)."""
+        out = []
+        for lv in self._levels.get(source or self.sources[0], []):
+            if lv.c is None or lv.a_exact is None:
+                out.append(math.nan)
+                continue
+            ma, mb, mc = float(lv.a_exact.mean()), float(lv.b.mean()), float(lv.c.mean())
+            k = w - 1.0
+            out.append((mc + 2.0 * k * ma + k * k * mb) / mc if mc > 0 else math.nan)
         return out
 
     # -- output ---------------------------------------------------------------------------------------------
@@ -447,6 +503,7 @@ def _stats(
         a=a,
         b=cat["b"],
         a_exact=cat.get("a_exact"),
+        a_target=cat.get("a_target"),
         c=cat.get("c"),
         d=cat.get("d"),
         loss=cat.get("loss"),
