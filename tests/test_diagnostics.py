@@ -137,3 +137,17 @@ def test_report_outputs(tmp_path):
     assert len(rows) == 3 and float(rows[0]["ratio"]) == pytest.approx(2.0)
     assert rep.plot(tmp_path / "d.png").stat().st_size > 10_000
     assert "mean over 3 levels" in rep.summary()
+
+
+def test_w_star_schedule_is_ag_at_each_levels_weight():
+    prediction, schedule = SCHEDULES[0]
+    good = model(prediction, schedule, lambda x, s: noise_scale(s) * direction_f(x))
+    bad = model(prediction, schedule, lambda x, s: (1.0 + 3.0 * s) * noise_scale(s) * direction_f(x))
+    exact = model(prediction, schedule, lambda x, s: torch.zeros_like(x))
+    rep = diagnose(good, bad, data(128), levels=[0.8, 0.4, 0.1], exact=exact)
+    g = rep.w_star_guidance()
+    for r in rep.rows:  # bad error (1 + 3 s) e: w* = (1 + 3 s) / (3 s), a different weight per level
+        assert r.w_star == pytest.approx((1 + 3 * r.t) / (3 * r.t), rel=1e-9)
+        coeffs = {b.key: c for b, c in g.branch_coefficients(r.noise_level).items()}
+        assert coeffs == pytest.approx({"good:cond": r.w_star, "bad:cond": 1.0 - r.w_star})
+    assert g.nfe_per_step == 2
