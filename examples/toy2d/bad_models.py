@@ -82,7 +82,9 @@ PREDICTORS = (
     "data_guided_error_2",
     "traj_guided_error_2",
 )
-OUTCOMES = ("ag2_outlier_ratio", "ag2_recall_ratio", "agsched_outlier_ratio", "agsched_recall_ratio")
+OUTCOMES = ("ag2_outlier_ratio", "ag2_recall_ratio", "agsched_outlier_ratio")
+#: Kinds of bad model made by perturbing the good model at sampling time (no training).
+PERTURBED = ("dropout", "skip")
 
 
 @dataclass
@@ -298,18 +300,21 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def correlations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every predictor against every outcome, per family and pooled, for all bad models and for the trained ones
+    only (without the perturbed good models, whose AG outcomes are of another kind: collapse or noise)."""
     out = []
     for fam in (*FAMILIES, "both"):
-        sel = [r for r in rows if fam == "both" or r["family"] == fam]
-        if len(sel) < 4:
-            continue
-        for pred in PREDICTORS:
-            for outcome in OUTCOMES:
-                x = [float(r[pred]) for r in sel]
-                if pred.endswith("error_ratio") or "guided_error" in pred:
-                    x = [math.log10(v) if v > 0 else math.nan for v in x]
-                c = Z.correlation(x, [float(r[outcome]) for r in sel])
-                out.append({"family": fam, "predictor": pred, "outcome": outcome, **c})
+        for subset in ("all", "trained"):
+            sel = [r for r in rows if fam in ("both", r["family"]) and (subset == "all" or r["kind"] not in PERTURBED)]
+            if len(sel) < 4:
+                continue
+            for pred in PREDICTORS:
+                for outcome in OUTCOMES:
+                    x = [float(r[pred]) for r in sel]
+                    if pred.endswith("error_ratio") or "guided_error" in pred:
+                        x = [math.log10(v) if v > 0 else math.nan for v in x]
+                    c = Z.correlation(x, [float(r[outcome]) for r in sel])
+                    out.append({"family": fam, "subset": subset, "predictor": pred, "outcome": outcome, **c})
     return out
 
 
@@ -412,6 +417,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def scatter(rows: list[dict[str, Any]], path: Path) -> None:
+    """AG's outlier ratio at w = 2 against the diagnostic's mean alignment (data, trajectories) and error ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,11 +425,13 @@ def scatter(rows: list[dict[str, Any]], path: Path) -> None:
 
     kinds = sorted({r["kind"] for r in rows})
     markers = dict(zip(kinds, "osD^v<>pX*", strict=False))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for ax, pred, label in (
-        (axes[0], "data_alignment", "mean alignment on data"),
-        (axes[1], "traj_alignment", "mean alignment on unguided trajectories"),
-    ):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), sharey=True)
+    panels = (
+        ("data_alignment", "mean alignment cos(e, D_b - D_g) on held-out data", False),
+        ("traj_alignment", "mean alignment on unguided trajectories", False),
+        ("data_error_ratio", "mean error ratio E|D_b - D*|² / E|D_g - D*|² (data)", True),
+    )
+    for ax, (pred, label, log_x) in zip(axes, panels, strict=True):
         for k, fam in enumerate(FAMILIES):
             for kind in kinds:
                 sel = [r for r in rows if r["family"] == fam and r["kind"] == kind]
@@ -434,16 +442,20 @@ def scatter(rows: list[dict[str, Any]], path: Path) -> None:
                         c=f"C{k}",
                         marker=markers[kind],
                         label=f"{fam}: {kind}",
-                        s=28,
+                        s=30,
                     )
         ax.axhline(1.0, color="grey", lw=0.8)
-        ax.axvline(0.0, color="grey", lw=0.8)
+        if log_x:
+            ax.set_xscale("log")
+        else:
+            ax.axvline(0.0, color="grey", lw=0.8)
         ax.set_xlabel(label)
-    axes[0].set_ylabel("AG at w = 2: outlier rate / unguided (lower = more gain)")
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle("Bad-model zoo: does the diagnostic's alignment predict AG's gain?")
+        ax.set_yscale("log")
+    axes[0].set_ylabel("AG at w = 2: outlier rate / unguided (log; below 1 = fewer outliers)")
+    axes[2].legend(fontsize=7, ncol=2)
+    fig.suptitle("Bad-model zoo: what predicts AG's gain? (one point per bad model; 26 per family)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

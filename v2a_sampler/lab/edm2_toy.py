@@ -269,7 +269,7 @@ def train_net(
             for s, ema in emas.items():
                 out[(it + 1, s)] = _frozen_copy(ema.module)
         if bar is not None:
-            bar(float(loss))
+            bar(float(loss.detach()))
     return out
 
 
