@@ -106,6 +106,8 @@ def test_per_sample_targets_are_unbiased_for_the_exact_quantity():
         assert r_target.w_star_lo < 1.5 < r_target.w_star_hi
         assert r_target.w_star_hi - r_target.w_star_lo < 0.5  # the interval says something
         assert r_target.rel_reduction_lb <= r_exact.rel_reduction  # a lower bound, as documented
+        # the bad model's excess held-out loss estimates err_bad - err_good without D*
+        assert r_target.excess_loss_lo < r_exact.err_bad - r_exact.err_good < r_target.excess_loss_hi
 
 
 def test_targets_agree_with_exact_on_the_lab_models():

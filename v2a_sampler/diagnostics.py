@@ -74,6 +74,10 @@ CSV_COLUMNS = (
     "reduction_hi",
     "rel_reduction",
     "rel_reduction_lb",
+    "loss_bad",
+    "excess_loss",
+    "excess_loss_lo",
+    "excess_loss_hi",
     "cosine",
     "cosine_lo",
     "cosine_hi",
@@ -111,6 +115,7 @@ class _Level:
     c: torch.Tensor | None = None  # |e|^2 (exact)
     d: torch.Tensor | None = None  # |D_b - D*|^2 (exact)
     loss: torch.Tensor | None = None  # |D_g - x0|^2 (data)
+    loss_bad: torch.Tensor | None = None  # |D_b - x0|^2 (data)
 
     # influence functions of the level's derived quantities
     def w_star(self) -> tuple[float, torch.Tensor]:
@@ -153,6 +158,10 @@ class LevelRow:
         reduction: ``(E[e . Delta])^2 / E|Delta|^2``, the error AG at ``w_star`` removes, with its interval.
         rel_reduction: ``reduction / err_good`` (exact only); equals ``cosine^2`` for the exact estimator.
         rel_reduction_lb: ``reduction / loss_good`` (data only): a lower bound of the relative reduction.
+        loss_bad: ``E|D_b - x0|^2`` (data only).
+        excess_loss: ``loss_bad - loss_good`` with its interval (data only): an unbiased estimate of ``err_bad -
+            err_good`` (the data's own spread cancels), so for one good model it ranks candidate bad models exactly
+            as their error ratio ``err_bad / err_good`` does, without knowing ``D*``.
         cosine: the alignment ``cos(e, D_b - D_g)`` (exact only), with its interval.
         error_ratio: ``err_bad / err_good`` (exact only).
     """
@@ -178,6 +187,10 @@ class LevelRow:
     reduction_hi: float = math.nan
     rel_reduction: float = math.nan
     rel_reduction_lb: float = math.nan
+    loss_bad: float = math.nan
+    excess_loss: float = math.nan
+    excess_loss_lo: float = math.nan
+    excess_loss_hi: float = math.nan
     cosine: float = math.nan
     cosine_lo: float = math.nan
     cosine_hi: float = math.nan
@@ -207,6 +220,11 @@ def _row(level: _Level, source: str, estimator: str) -> LevelRow:
     if level.loss is not None:
         row.loss_good = float(level.loss.mean())
         row.rel_reduction_lb = row.reduction / row.loss_good if row.loss_good > 0 else math.nan
+    if level.loss is not None and level.loss_bad is not None:
+        gap = level.loss_bad - level.loss
+        row.loss_bad = float(level.loss_bad.mean())
+        row.excess_loss = float(gap.mean())
+        row.excess_loss_lo, row.excess_loss_hi = _ci(row.excess_loss, gap - row.excess_loss)
     return row
 
 
@@ -263,6 +281,7 @@ class DiagnosticReport:
         * ``rel_reduction_mean`` / ``rel_reduction_lb_mean``: mean relative error reduction (exact) or its lower
           bound (data);
         * ``error_ratio_mean``: mean of ``E|D_b - D*|^2 / E|D_g - D*|^2`` (exact only);
+        * ``excess_loss_mean``: mean of the bad model's excess held-out loss (data only);
         * ``guided_error_ratio_<w>_mean``: mean of :meth:`guided_error_ratio` for ``w`` in :data:`GUIDED_WEIGHTS`.
         """
         source = source or self.sources[0]
@@ -280,7 +299,7 @@ class DiagnosticReport:
             out["alignment_mean"] = sum(v for v, _ in vals) / len(vals)
             infl = sum(i for _, i in vals) / len(vals)
             out["alignment_mean_lo"], out["alignment_mean_hi"] = _ci(out["alignment_mean"], infl)
-        for key in ("rel_reduction", "rel_reduction_lb", "error_ratio"):
+        for key in ("rel_reduction", "rel_reduction_lb", "error_ratio", "excess_loss"):
             vals = [getattr(r, key) for r in rows]
             if all(math.isfinite(v) for v in vals):
                 out[f"{key}_mean"] = sum(vals) / len(vals)
@@ -365,6 +384,10 @@ class DiagnosticReport:
                 pooled += f", relative reduction = {s['rel_reduction_mean']:.3f}"
             elif "rel_reduction_lb_mean" in s:
                 pooled += f", relative reduction >= {s['rel_reduction_lb_mean']:.3f}"
+            if "error_ratio_mean" in s:
+                pooled += f", error ratio = {s['error_ratio_mean']:.2f}"
+            if "excess_loss_mean" in s:
+                pooled += f", excess loss of the bad model = {s['excess_loss_mean']:.3g}"
             lines.append(pooled)
         return "\n".join(lines)
 
@@ -507,6 +530,7 @@ def _stats(
         c=cat.get("c"),
         d=cat.get("d"),
         loss=cat.get("loss"),
+        loss_bad=cat.get("loss_bad"),
     )
 
 
@@ -529,6 +553,7 @@ def _evaluate_chunk(
         resid = d_g - x0.to(torch.float64)
         out["a_target"] = _dot(resid, delta)
         out["loss"] = _sqnorm(resid)
+        out["loss_bad"] = _sqnorm(d_b - x0.to(torch.float64))
     if exact is not None:
         d_star = _x0(exact, x, t, cond_x)
         e = d_g - d_star
