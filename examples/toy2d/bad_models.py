@@ -1,6 +1,6 @@
 """The bad-model zoo: which bad model makes autoguidance work, and does the diagnostic predict it?
 
-    python examples/toy2d/bad_models.py --out out/bad_models                 # both families (~1 h on 2 CPU cores)
+    python examples/toy2d/bad_models.py --out out/bad_models                 # both families (~1.5 h, shared 2 cores)
     python examples/toy2d/bad_models.py --family ours --out out/bad_models   # one family
     python examples/toy2d/bad_models.py --out out/bad_models --stage confirm # only the HG / AG / CFG confirmation
 

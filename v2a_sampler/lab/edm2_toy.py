@@ -23,10 +23,11 @@ lab can measure it with the same metrics as our own family (:mod:`v2a_sampler.la
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ class EDM2Toy(Toy2D):
     denoiser, samples, leaf bookkeeping for the metrics). The unconditional mixture weights the classes by their
     total component weight, as EDM2's ``gt('AB')`` does."""
 
-    def __init__(self, seed: int = DATA_SEED) -> None:  # noqa: D107 - no Toy2D.__init__: EDM2's own construction
+    def __init__(self, seed: int = DATA_SEED) -> None:
+        # Toy2D.__init__ is not called: the same attributes, from EDM2's construction
         rng = np.random.RandomState(seed)
         self.num_classes = len(CLASS_ANGLES)
         self.depth = DEPTH
@@ -274,8 +276,6 @@ def train_net(
 
 
 def _frozen_copy(module: EDM2ToyNet) -> EDM2ToyNet:
-    import copy
-
     return copy.deepcopy(module).eval().requires_grad_(False)
 
 
@@ -400,7 +400,7 @@ def sampling_grid(schedule: Any) -> torch.Tensor:
     return get_timesteps(schedule, STEPS, grid="karras", sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN)
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "ASSETS",
     "EDM2Toy",
     "RECIPES",
@@ -414,4 +414,4 @@ __all__: Sequence[str] = (
     "sampling_grid",
     "train_family",
     "train_net",
-)
+]

@@ -29,6 +29,11 @@ from .metrics import METRIC_NAMES, evaluate, outlier_threshold
 #: Permutations and bootstrap resamples of :func:`correlation`.
 PERMUTATIONS = 10_000
 BOOTSTRAPS = 5_000
+#: Levels at or below this sigma / alpha count as "low noise" in :func:`measure`'s ``*_alignment_low``.
+LOW_NOISE = 0.1
+#: Upper clip of the w* at which :func:`measure` runs AG (and lower clip 1: below it AG would guide toward the bad
+#: model).
+W_STAR_MAX = 4.0
 
 
 class SeededDropout(nn.Module):
@@ -147,13 +152,6 @@ def measure(
         reset_dropout(stochastic)
         out.update({f"{key}_{k}": v for k, v in ag_metrics(family, good, bad, w, n_samples, seed).items()})
     return out
-
-
-#: Levels at or below this sigma / alpha count as "low noise" in :func:`measure`'s ``*_alignment_low``.
-LOW_NOISE = 0.1
-#: Upper clip of the w* at which :func:`measure` runs AG (and lower clip 1: below it AG would guide toward the bad
-#: model).
-W_STAR_MAX = 4.0
 
 
 def ag_metrics(family: Family, good: Any, bad: Any, w: float | Any, n: int, seed: int = 0) -> dict[str, float]:
