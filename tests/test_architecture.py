@@ -23,6 +23,7 @@ LAYERS = {
     "core": 1,
     "media": 1,
     "models": 2,
+    "diagnostics": 2,
     "synth": 2,
     "mmaudio": 3,
     "lab": 3,
