@@ -57,6 +57,11 @@ _UNREACHABLE: dict[tuple[str, int], str | None] = {}  # hub_unreachable's verdic
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def embedded_model_path() -> Path:
+    """Folder of the embedded V2A model shipped inside the package (its bad model in ``bad/``)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "v2a_default"
+
+
 def register_architecture(name: str, cls: type[DenoiserModule]) -> type[DenoiserModule]:
     """Register ``cls`` under ``name`` so that saved folders naming it can be rebuilt; returns ``cls``."""
     if not (isinstance(cls, type) and issubclass(cls, DenoiserModule)):

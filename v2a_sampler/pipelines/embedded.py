@@ -13,7 +13,6 @@ solvers and decodes them to a waveform of exactly the video's duration.
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,8 @@ from ..errors import error_line
 from ..media import io
 from ..media.audio import MelAxes
 from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
+from ..models import embedded_model_path, resolve_folder
 from ..models import from_pretrained as load_model
-from ..models import resolve_folder
 from ..models import save_pretrained as save_model
 from ..models.perturb import PerturbedDenoiser, perturbed
 from ..models.perturb import is_spec as is_perturbation
@@ -41,11 +40,6 @@ BAD_SUBFOLDER = "bad"
 READ_SCALE = 3
 #: The Hugging Face repo of the official MMAudio checkpoints (loaded by :class:`MMAudioPipeline`).
 MMAUDIO_REPO = "hkchengrex/MMAudio"
-
-
-def embedded_model_path() -> Path:
-    """Folder of the model shipped inside the package."""
-    return Path(str(resources.files("v2a_sampler") / "assets" / "v2a_default"))
 
 
 class Pipeline(V2APipeline):

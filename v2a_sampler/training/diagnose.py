@@ -76,7 +76,7 @@ def load_model(spec: str) -> Any:
             raise ValueError(f"unknown toy2d_edm2 model {kind!r}; expected 'good' or 'bad'")
         return models[kind]
     if spec == EMBEDDED or spec.startswith(EMBEDDED + "/"):
-        from ..pipeline import embedded_model_path
+        from ..models import embedded_model_path
 
         return from_pretrained(embedded_model_path(), subfolder=spec[len(EMBEDDED) + 1 :] or None)
     return from_pretrained(spec)
