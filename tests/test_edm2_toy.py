@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from v2a_sampler.lab import edm2_toy as T
 from v2a_sampler.lab.families import get_family
-from v2a_sampler.lab.zoo import ag_metrics, correlation, perturbed, reset_dropout
+from v2a_sampler.lab.zoo import ag_metrics, correlation, perturbed_copy, reset_dropout
 from v2a_sampler.models import NULL_LABEL, from_pretrained
 from v2a_sampler.models.edm2_toy import SIGMA_MAX, EDM2ToyNet
 from v2a_sampler.training import edm2_recipe as R
@@ -116,8 +116,8 @@ def test_shipped_networks_and_autoguidance():
 def test_perturbed_good_models():
     net = T.pretrained_net("good")
     x, t = torch.randn(64, 2, generator=torch.Generator().manual_seed(3)), torch.full((64,), 0.1)
-    assert (perturbed(net, skip=(3,))(x, t) - net(x, t)).abs().max() > 1e-3
-    drop = perturbed(net, dropout=0.2)
+    assert (perturbed_copy(net, skip=(3,))(x, t) - net(x, t)).abs().max() > 1e-3
+    drop = perturbed_copy(net, dropout=0.2)
     first = drop(x, t)
     assert not torch.allclose(drop(x, t), first)  # a fresh mask per call
     reset_dropout([drop])

@@ -222,11 +222,11 @@ def perturbations(good: Any, wrap: Callable[[Any], Any]) -> list[Bad]:
     """Bad models made from the good network itself: dropout at sampling and skipped hidden layers."""
     out = []
     for p in DROPOUTS:
-        net = Z.perturbed(good, dropout=p)
+        net = Z.perturbed_copy(good, dropout=p)
         out.append(Bad(f"dropout{p:g}", "dropout", {"dropout": p}, wrap(net), 0.0, stochastic=True))
         out[-1].params["_module"] = net
     for i in SKIPS:
-        out.append(Bad(f"skip{i}", "skip", {"skip": i}, wrap(Z.perturbed(good, skip=(i,))), 0.0))
+        out.append(Bad(f"skip{i}", "skip", {"skip": i}, wrap(Z.perturbed_copy(good, skip=(i,))), 0.0))
     return out
 
 

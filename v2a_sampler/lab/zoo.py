@@ -1,10 +1,14 @@
 """Tools of the 2D lab's bad-model zoo (``examples/toy2d/bad_models.py``): bad models made by perturbing the good
 one, the per-bad-model measurement (diagnostic + autoguidance outcome), and honest correlation statistics.
 
-Perturbations (no training): :func:`perturbed` copies a lab network with
+Perturbations (no training): :func:`perturbed_copy` copies a lab network with
 * **dropout at sampling**: every hidden layer's input is dropped with probability ``p`` (inverted dropout, a fresh
   mask at every network call, drawn from a seeded generator);
 * **a skipped layer**: one hidden-to-hidden layer replaced by the identity.
+
+(Unlike :func:`v2a_sampler.models.perturb.perturbed`, which hooks a shared network with *fixed* seeded patterns so
+that a batch equals its rows, this copy draws fresh dropout masks at every call: the stochastic "dropout at
+sampling" bad model of the zoo.)
 
 Statistics: :func:`correlation` gives Pearson's r and Spearman's rho with two-sided permutation p-values and
 percentile bootstrap intervals (NumPy only).
@@ -70,10 +74,10 @@ def hidden_layers(model: nn.Module) -> tuple[nn.Module, list[int]]:
         return model.hidden, list(range(len(model.hidden)))
     if isinstance(model, EDM2ToyNet):
         return model.layers, [i for i, m in enumerate(model.layers) if isinstance(m, MPLinear) and i > 0]
-    raise TypeError(f"perturbed() knows ToyMLP and EDM2ToyNet, got {type(model).__name__}")
+    raise TypeError(f"perturbed_copy() knows ToyMLP and EDM2ToyNet, got {type(model).__name__}")
 
 
-def perturbed(model: nn.Module, dropout: float = 0.0, skip: Sequence[int] = (), seed: int = 0) -> nn.Module:
+def perturbed_copy(model: nn.Module, dropout: float = 0.0, skip: Sequence[int] = (), seed: int = 0) -> nn.Module:
     """A copy of a lab network with dropout before every hidden layer and/or hidden layers ``skip`` (0-based among
     the hidden-to-hidden layers) replaced by the identity."""
     out = copy.deepcopy(model).eval().requires_grad_(False)
