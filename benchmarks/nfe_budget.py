@@ -10,6 +10,10 @@ the sampler counted (``info.nfe``), not the budget.
 * ``v2a``: the embedded V2A model at AudioMoG's V2A weights (bare names ``cfg``/``ag``/``pg``/``hg``) on held-out
   synthetic clips (as ``benchmarks/v2a_quality.py``): onset F1, class accuracy, Fréchet distance, diversity.
 
+Besides the affine methods (:data:`METHODS`), the non-affine operators (:data:`OPERATOR_METHODS`: APG, guidance
+rescale, CFG-Zero*, MAMBO-G at their defaults) wrap each task's CFG; they cost what CFG costs. The command line runs
+all of them (``--methods``); :func:`run` defaults to the affine ones.
+
     python benchmarks/nfe_budget.py --quick --out out/nfe_budget        # < 3 minutes on 2 CPU cores
     python benchmarks/nfe_budget.py --out out/nfe_budget_full           # the full run (see NFE_BUDGET.md)
 
@@ -40,6 +44,9 @@ from v2a_sampler.solvers import SOLVERS, get_solver, get_timesteps, sample
 
 TASKS = ("toy2d", "v2a")
 METHODS = ("none", "cfg", "ag", "pg", "hg")
+#: Non-affine operators around each task's CFG (``{}``), at their defaults.
+OPERATOR_METHODS = {"apg": "apg({})", "rescale": "rescale({})", "zero_star": "zero_star({})", "mambo": "mambo({})"}
+ALL_METHODS = (*METHODS, *OPERATOR_METHODS)
 #: The solvers swept by default (the committed results); ``--solvers`` takes any of the registry's.
 SOLVER_NAMES = ("euler", "heun", "dpmpp_2m", "dpmpp_2m_sde")
 #: Bad model of the lab task (the paper's smaller, shorter-trained network).
@@ -71,13 +78,19 @@ class Config:
     duration: float  # seconds per V2A clip
 
 
-QUICK = Config(budgets=(8, 32, 128), seeds=2, lab_samples=384, clips=2, duration=2.0)
+QUICK = Config(budgets=(8, 32, 64), seeds=2, lab_samples=384, clips=2, duration=1.0)
 FULL = Config(budgets=(8, 16, 32, 64, 128), seeds=3, lab_samples=1024, clips=6, duration=4.0)  # 31 min on 2 cores
 
 
-def lab_specs() -> dict[str, str]:
-    """Guidance specs of the lab task (the lab's paper settings)."""
-    return {m: E.PAPER_GUIDANCE[m] for m in METHODS}
+def lab_specs(methods: Sequence[str] = METHODS) -> dict[str, str]:
+    """Guidance specs of the lab task (the lab's paper settings; operators around the lab's CFG)."""
+    return {m: E.PAPER_GUIDANCE[m] if m in METHODS else OPERATOR_METHODS[m].format(E.PAPER_GUIDANCE["cfg"])
+            for m in methods}  # fmt: skip
+
+
+def v2a_specs(methods: Sequence[str] = METHODS) -> dict[str, str]:
+    """Guidance specs of the V2A task (bare names: AudioMoG's V2A weights; operators around ``cfg``)."""
+    return {m: m if m in METHODS else OPERATOR_METHODS[m].format("cfg") for m in methods}
 
 
 def plan(
@@ -123,7 +136,7 @@ def run_lab(
     """Per-seed rows of the 2D lab task (metrics averaged over the two classes)."""
     toy = toy or make_toy2d()
     models = models or {k: pretrained(k) for k in ("good", LAB_BAD)}
-    specs = {m: lab_specs()[m] for m in methods}
+    specs = lab_specs(methods)
     thresholds = [outlier_threshold(toy, c) for c in range(toy.num_classes)]
     todo = plan(budgets, specs, solvers, _ends_at_zero(models["good"].schedule))
     rows = []
@@ -170,13 +183,15 @@ def run_v2a(
     events = [c.events for c in made]
     refs = [make_clip(EVAL_SEED_OFFSET + REF_SEED + i, duration=duration, fps=vs.fps, size=32).audio
             for i in range(clips)]  # fmt: skip
-    todo = plan(budgets, {m: m for m in methods}, solvers, _ends_at_zero(pipe.model.schedule))
+    specs = v2a_specs(methods)
+    todo = plan(budgets, specs, solvers, _ends_at_zero(pipe.model.schedule))
     rows = []
     for s in range(seeds):
         for budget, method, solver, steps in todo:
             t0 = time.perf_counter()
             # item j * clips + i is sample j of clip i, with noise seed NOISE_STRIDE * s + j * clips + i
-            outs = pipe(frames * SAMPLES_PER_CLIP, guidance=method, solver=solver, steps=steps, seed=NOISE_STRIDE * s)
+            outs = pipe(frames * SAMPLES_PER_CLIP, guidance=specs[method], solver=solver, steps=steps,
+                        seed=NOISE_STRIDE * s)  # fmt: skip
             tracks = [[(outs[j * clips + i].waveform.numpy(), outs[j * clips + i].sample_rate)
                        for j in range(SAMPLES_PER_CLIP)] for i in range(clips)]  # fmt: skip
             secs = (time.perf_counter() - t0) / len(outs)
@@ -238,7 +253,7 @@ def summary_markdown(mean_rows: Sequence[Mapping[str, Any]]) -> str:
             parts.append(f"| {b} | **{best['method']}** | {best['solver']} | {best['steps']} | {best['nfe']} | "
                          f"{best[metric]:.4g} ± {best[metric + bench.STD_SUFFIX]:.2g} | {m2} |")  # fmt: skip
         parts.append(f"\nEach method's best solver per budget (`{metric}`; `{metric2}` ranks best in brackets):\n")
-        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+        methods = [m for m in ALL_METHODS if any(r["method"] == m for r in rows)]
         parts.append("| budget | " + " | ".join(methods) + " |")
         parts.append("|---|" + "---|" * len(methods))
         for b in budgets:
@@ -299,6 +314,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None, help="seconds per V2A clip")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--solvers", default=",".join(SOLVER_NAMES), help=f"any of {', '.join(SOLVERS)}")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help=f"any of {', '.join(ALL_METHODS)}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FULL
@@ -308,7 +324,11 @@ def main() -> None:
                   clips=args.clips or cfg.clips, duration=args.duration or cfg.duration)  # fmt: skip
     t0 = time.perf_counter()
     names = tuple(get_solver(n.strip()).name for n in args.solvers.split(","))
-    run(cfg, args.out, tasks=[t.strip() for t in args.tasks.split(",")], solvers=names)
+    methods = tuple(m.strip() for m in args.methods.split(","))
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; expected any of {', '.join(ALL_METHODS)}")
+    run(cfg, args.out, tasks=[t.strip() for t in args.tasks.split(",")], solvers=names, methods=methods)
     elapsed = time.perf_counter() - t0
     print((args.out / "summary.md").read_text())
     print(f"config {cfg}; wrote {args.out}/results.csv, quality_vs_nfe.png, summary.md; total time {elapsed:.1f} s")

@@ -13,6 +13,14 @@ CUDA, and the share of the step spent outside network forwards (combination, upd
     python benchmarks/speed.py --out out/speed [--quick] [--large] [--compile] [--device cuda] [--threads 1]
 
 Writes ``speed.csv``; prints a table, the speed-ups over naive and the HG/CFG per-step ratio.
+
+``--operators`` times instead each non-affine guidance operator against the same affine guidance on the embedded
+model (batched mode, batch 1, plain Euler loop; :data:`OPERATOR_CASES`), interleaving the two so that both see the
+same machine load, and writes ``operators.csv`` with the per-step times and their ratio (target: <= 1.05x).
+
+``--perturbations`` times AG and HG on the embedded model (batch 1, batched branches) with each perturbed version of
+the good model as the bad model (:data:`PERTURBATIONS`: its branches share the good model's forward) against the
+shipped checkpoint bad model (a second network), interleaved the same way; writes ``perturbations.csv``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,21 @@ EMBEDDED_SECONDS = 5.0  # clip length for the embedded model
 MMAUDIO_SECONDS = 8.0  # MMAudio's training length
 WEIGHT_STD = 0.02  # random weights of the MMAudio-S stand-ins (the official init zeroes the output layers)
 TIMED_MODES = ("naive", "batched", "stacked", "fused", "streams")  # modes whose forwards can be timed one by one
+#: (affine guidance, the same guidance under a non-affine operator) pairs of ``--operators``.
+OPERATOR_CASES = (
+    ("cfg", "rescale(cfg)"),
+    ("cfg", "apg(cfg,r=15,beta=-0.5)"),
+    ("cfg", "zero_star(cfg)"),
+    ("cfg", "mambo(cfg)"),
+    ("hg", "apg(hg,r=15,beta=-0.5)"),
+    ("hg", "rescale(hg)"),
+)
+#: Perturbed bad models of ``--perturbations`` (specs of :mod:`v2a_sampler.models.perturb`).
+PERTURBATIONS = ("perturb:identity=1", "perturb:skip=1", "perturb:blur=2", "perturb:attn_dropout=0.2")
+#: Interleaved timed passes per pair in ``--operators`` (the fastest of each side counts).
+OPERATOR_ROUNDS = 7
+#: Calls per timing of the guidance combination alone in ``--operators`` (the fastest of OPERATOR_ROUNDS counts).
+COMBINE_CALLS = 200
 
 
 class Timed(torch.nn.Module):
@@ -134,12 +157,12 @@ def measure(case: Case, method: str, batch: int, mode: str, steps: int, device: 
         good, bad = Timed(case.good), Timed(case.bad)
     else:
         good, bad = case.good, case.bad
-    g = G.resolve(method, good, bad)
+    ts = solvers.get_timesteps(good.schedule, steps)
+    g = G.resolve(method, good, bad).on_grid([good.schedule.terms(float(t)).noise_level for t in ts])
     engine = GuidedDenoiser(
         good, g, cond, bad if g.needs_bad_model else None, bad_cond, batch_branches=mode != "naive",
         stack_models=mode == "stacked" and g.needs_bad_model, streams=mode == "streams", cuda_graph=mode == "graphs",
     )  # fmt: skip
-    ts = solvers.get_timesteps(good.schedule, steps)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, fwds = [], []
@@ -171,6 +194,95 @@ def measure(case: Case, method: str, batch: int, mode: str, steps: int, device: 
     }
 
 
+def combine_cost(case: Case, method: str, device: torch.device, rounds: int = OPERATOR_ROUNDS) -> float:
+    """Seconds per call of the guidance combination alone at batch 1, on random branch predictions of the model's
+    shape at mid-trajectory: ``Guidance.combine`` for an operator, the engine's linear kernel otherwise."""
+    x, _, _ = case.inputs(1)
+    g = G.resolve(method, case.good, case.bad).on_grid([1.0, 0.5, 0.0])
+    level = 0.5
+    t = case.good.schedule.t_from_noise_level(level)
+    preds = {b: torch.randn_like(x) for b in g.branches(level)}
+    coeffs = g.branch_coefficients(level)
+    step = G.GuidedStep(x, t, level, case.good.schedule.terms(t), case.good.prediction, {})
+    if g.is_linear:
+        from v2a_sampler.kernels import combine
+
+        def run():
+            return combine(list(preds.values()), [coeffs[b] for b in preds], out_dtype=x.dtype)
+    else:
+
+        def run():
+            return g.combine(preds, step)
+
+    best = float("inf")
+    for _ in range(rounds):
+        _sync(x)
+        t0 = time.perf_counter()
+        for _ in range(COMBINE_CALLS):
+            run()
+        _sync(x)
+        best = min(best, (time.perf_counter() - t0) / COMBINE_CALLS)
+    return best
+
+
+def measure_operators(case: Case, steps: int, device: torch.device, rounds: int = OPERATOR_ROUNDS) -> list[dict]:
+    """Per-step time of each :data:`OPERATOR_CASES` pair at batch 1 (batched mode, plain Euler loop), the affine
+    guidance and its operator timed alternately ``rounds`` times (the fastest pass of each counts), and the extra
+    time of the operator's combination over the affine one (:func:`combine_cost`), which a loaded machine's noise
+    on whole steps does not hide."""
+    rows = []
+    for affine, operator in OPERATOR_CASES:
+        best = {affine: float("inf"), operator: float("inf")}
+        for _ in range(rounds):
+            for method in (affine, operator):
+                r = measure(case, method, 1, "batched", steps, device, repeats=1)
+                best[method] = min(best[method], r["step_ms"])
+        extra_us = 1e6 * (combine_cost(case, operator, device) - combine_cost(case, affine, device))
+        row = {"affine": affine, "operator": operator, "affine_ms": best[affine], "operator_ms": best[operator],
+               "ratio": best[operator] / best[affine], "combine_extra_us": extra_us,
+               "combine_extra_pct": 100 * extra_us / (1e3 * best[affine])}  # fmt: skip
+        rows.append(row)
+        print(f"{operator:<26}{best[operator]:>9.2f} ms  vs {affine:<5}{best[affine]:>9.2f} ms  "
+              f"ratio {row['ratio']:.3f}x  combine +{extra_us:.0f} us ({row['combine_extra_pct']:.2f} % of a step)",
+              flush=True)  # fmt: skip
+    return rows
+
+
+def _step_ms(good, bad, cond, method: str, x: torch.Tensor, steps: int) -> float:
+    """One timed pass of ``steps`` Euler steps (ms per step) with batched branches."""
+    g = G.resolve(method, good, bad)
+    engine = GuidedDenoiser(good, g, cond, bad, cond)
+    ts = solvers.get_timesteps(good.schedule, steps).tolist()
+    with torch.no_grad():
+        _sync(x)
+        t0 = time.perf_counter()
+        solvers.SOLVERS["euler"](lambda y, t: engine(y, t), x, ts, good.schedule)
+        _sync(x)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def measure_perturbations(case: Case, steps: int, rounds: int = OPERATOR_ROUNDS) -> list[dict]:
+    """Per-step time of AG and HG with each :data:`PERTURBATIONS` bad model against the checkpoint bad model (batch
+    1; the two timed alternately ``rounds`` times, the fastest pass of each counts)."""
+    from v2a_sampler.models.perturb import perturbed
+
+    x, cond, _ = case.inputs(1)
+    rows = []
+    for method in ("ag", "hg"):
+        for spec in PERTURBATIONS:
+            bad = perturbed(case.good, spec)
+            best = {"checkpoint": float("inf"), spec: float("inf")}
+            for _ in range(rounds):
+                best["checkpoint"] = min(best["checkpoint"], _step_ms(case.good, case.bad, cond, method, x, steps))
+                best[spec] = min(best[spec], _step_ms(case.good, bad, cond, method, x, steps))
+            row = {"method": method, "bad": spec, "checkpoint_ms": best["checkpoint"], "perturbed_ms": best[spec],
+                   "ratio": best[spec] / best["checkpoint"]}  # fmt: skip
+            rows.append(row)
+            print(f"{method:<4}{spec:<28}{best[spec]:>9.2f} ms  vs checkpoint {best['checkpoint']:>8.2f} ms  "
+                  f"ratio {row['ratio']:.3f}x", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="per-step cost of guided sampling")
     ap.add_argument("--out", type=Path, default=Path("out/speed"))
@@ -183,6 +295,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also the torch.compile mode (compiles per shape)")
     ap.add_argument("--modes", default=None, help="comma-separated subset of modes")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--operators", action="store_true", help="non-affine operators vs the same affine guidance")
+    ap.add_argument("--perturbations", action="store_true", help="perturbed bad models vs the checkpoint bad model")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,6 +304,20 @@ def main() -> None:
         args.batches, args.steps = "1", 3
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.perturbations:
+        rows = measure_perturbations(embedded_case(device), args.steps)
+        with open(args.out / "perturbations.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return
+    if args.operators:
+        rows = measure_operators(embedded_case(device), args.steps, device)
+        with open(args.out / "operators.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return
     cases = [embedded_case(device)] + ([mmaudio_case(device)] if args.large else [])
     modes = ["naive", "batched", "stacked"] + (["compiled"] if args.compile else [])
     modes += ["fused", "streams", "graphs"] if device.type == "cuda" else []

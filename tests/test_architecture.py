@@ -23,6 +23,7 @@ LAYERS = {
     "core": 1,
     "media": 1,
     "models": 2,
+    "diagnostics": 2,
     "synth": 2,
     "mmaudio": 3,
     "lab": 3,
@@ -78,7 +79,15 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 t = t.rpartition(".")[0]
             if t.startswith("v2a_sampler") and t != name and not name.startswith(t + "."):
                 found.add(t)  # (a module's own parent packages are imported before it anyway)
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("v2a_sampler")):
+            # the module itself must exist (a stale path would hide an edge from the checks below)
+            mod = targets[0]
+            if mod and mod not in modules:
+                MISSING.append(f"{name}: {mod}")
     return found
+
+
+MISSING: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +170,7 @@ def test_no_import_cycles_between_layers(graph):
 def test_kernels_are_a_real_import_of_the_core(graph):
     assert (PACKAGE / "kernels").is_symlink() and (PACKAGE / "kernels").resolve() == ROOT / "kernels"
     assert "v2a_sampler.kernels" in graph["v2a_sampler.core.engine"]
+
+
+def test_every_import_of_the_package_resolves(graph):
+    assert MISSING == [], "imports of modules that do not exist:\n" + "\n".join(MISSING)

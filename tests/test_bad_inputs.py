@@ -236,10 +236,10 @@ def test_one_bad_input_among_several_is_found_before_anything_is_written(env, tm
 def test_a_failing_input_does_not_stop_the_others(env, tmp_path, monkeypatch, error, code):
     original = Pipeline._sample
 
-    def flaky(self, items, plan, callback):
+    def flaky(self, items, plan, *args):
         if items[0].source and "other" in items[0].source:
             raise error("sampling failed for this one")
-        return original(self, items, plan, callback)
+        return original(self, items, plan, *args)
 
     monkeypatch.setattr(Pipeline, "_sample", flaky)
     out = tmp_path / "d"

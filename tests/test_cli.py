@@ -185,3 +185,25 @@ def test_mmaudio_model_spec_prompts_and_errors(env, tmp_path, monkeypatch):
     assert "hg" in res.stdout and "NFE 8" in res.stdout
     res = runner.invoke(app, [video, "--model", "mmaudio:small_16k", "--out", str(tmp_path / "cfg.wav"), *FAST])
     assert res.exit_code == 0 and "cfg(4.5)" in res.stdout and "NFE 4" in res.stdout  # the official default
+
+
+def test_grid_and_solver_settings_reach_the_sampler(env, tmp_path):
+    """--grid and -O reach every setting of a solver and its grid (rho, sigma_max, churn, Brownian noise)."""
+    video = str(env["root"] / "two.mp4")
+    base = [video, "--model", env["model"], "-g", "cfg(2)", *FAST]
+    res = runner.invoke(app, [*base, "--solver", "dpmpp_sde", "--grid", "karras", "-O", "sigma_max=20", "-O", "rho=5",
+                              "-O", "brownian=1", "-O", "eta=0.5", "--out", str(tmp_path / "a.wav")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "cfg(2) dpmpp_sde x2" in res.stdout and "NFE 6" in res.stdout  # 2 + 1 stages (Euler last) x 2 branches
+    res = runner.invoke(app, [*base, "--solver", "heun_edm", "-O", "s_churn=1", "-O", "s_tmax=inf",
+                              "--out", str(tmp_path / "b.wav")])  # fmt: skip
+    assert res.exit_code == 0 and "NFE 6" in res.stdout, res.output
+    for args, msg in [
+        (["-O", "rho=5"], "rho shape the 'karras' grid; this run uses the 'uniform' grid"),
+        (["--grid", "karras"], "the 'karras' grid needs a finite sigma/alpha at the noise end"),
+        (["--grid", "cosine"], "unknown time grid 'cosine'"),
+        (["--solver", "unipc", "-O", "order=2.5"], "option order must be a whole number"),
+    ]:
+        res = runner.invoke(app, [*base, *args, "--out", str(tmp_path / "c.wav")])
+        assert res.exit_code == 2 and "error: " in res.output and msg in res.output, (args, res.output)
+    assert not (tmp_path / "c.wav").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from v2a_sampler.lab.toy2d import pretrained
-from v2a_sampler.solvers import get_timesteps, stages_per_sample
+from v2a_sampler.solvers import SOLVERS, get_timesteps, stages_per_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Tiny configuration of the end-to-end test: budget 3 admits every method but HG (4 per stage), budget 8 all.
@@ -77,7 +77,7 @@ def test_steps_for_budget(budget: int, per_stage: int, solver: str, expected: in
     assert bench.steps_for_budget(budget, per_stage, solver) == expected
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("per_stage", [1, 2, 3, 4])
 def test_steps_for_budget_is_maximal_and_matches_solver_grid(solver: str, per_stage: int) -> None:
     schedule = pretrained("good").schedule
@@ -122,7 +122,7 @@ class CountingDenoiser:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
 def test_reported_nfe_is_what_the_networks_evaluated(nb: Any, solver: str) -> None:
     budget = 20
     for method, spec in nb.lab_specs().items():

@@ -88,12 +88,13 @@ def test_rows_perturbs_only_the_masked_rows():
     x, t, cond = _inputs(b=4)
     enc = m.encode_conditions(cond)
     rows = torch.tensor([False, True, False, True])
-    with perturb(m, Perturbation(skip=(0,), identity=(1,)), rows):
-        mixed = m(x, t, enc)
-    full = perturbed(m, skip=[0], identity=[1])(x, t, enc)
     plain = m(x, t, enc)
-    assert torch.allclose(mixed[rows], full[rows], atol=1e-6)
-    assert torch.allclose(mixed[~rows], plain[~rows], atol=1e-6)
+    for p in (Perturbation(skip=(0,), identity=(1,)), Perturbation(blur=1.5, attn_dropout=0.2, seed=3)):
+        with perturb(m, p, rows):
+            mixed = m(x, t, enc)
+        full = perturbed(m, p)(x, t, enc)
+        assert torch.allclose(mixed[rows], full[rows], atol=1e-5), p
+        assert torch.allclose(mixed[~rows], plain[~rows], atol=1e-6), p
 
 
 def test_perturbed_branches_run_in_one_forward_with_the_good_ones():

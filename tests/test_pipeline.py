@@ -71,6 +71,22 @@ def test_frames_tensor_input(pipe):
     assert abs(out.duration - 40 / 25.0) < 0.05
 
 
+def test_brownian_noise_batch_equals_one_by_one_and_progress_counts_stages(pipe):
+    """A Brownian tree seeded from the items' generators keeps a batch equal to its items one by one; progress
+    reports every denoiser stage."""
+    frames = [torch.randint(0, 255, (20, 32, 32, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+              for i in range(2)]  # fmt: skip
+    kw = dict(guidance="cfg(2)", solver="dpmpp_sde", steps=3, griffin_lim_iters=1, brownian=1)
+    seen: list[tuple[int, int]] = []
+    batch = pipe(frames, seed=4, progress=lambda done, total: seen.append((done, total)), **kw)
+    assert seen == [(k, 5) for k in range(1, 6)]  # 2 + 2 + 1 stages (Euler on the last step)
+    singles = [pipe(f, seed=4 + i, **kw) for i, f in enumerate(frames)]
+    for b, one in zip(batch, singles, strict=True):
+        assert torch.allclose(b.mel, one.mel, atol=1e-4) and b.info["nfe"] == 10
+    plain = pipe(frames[0], seed=4, **{**kw, "brownian": 0})
+    assert not torch.allclose(plain.mel, singles[0].mel, atol=1e-3)
+
+
 def test_save_mux_and_overwrite(pipe, clips, tmp_path):
     out = pipe(clips["a"], guidance="none", steps=2, griffin_lim_iters=1)
     wav = out.save(tmp_path / "a.wav")

@@ -29,7 +29,12 @@ CASES = [
     (D.EDMSchedule(), "eps", 20.0, 0.05),
     (D.VPSchedule(), "v", 0.7, 0.05),
 ]
-ORDERS = {"euler": (0.85, 1.2), "heun": (1.8, 2.3), "dpmpp_2m": (1.75, 2.3)}
+ORDERS = {"euler": (0.85, 1.2), "heun": (1.8, 2.3), "dpmpp_2m": (1.75, 2.3), "heun_edm": (1.8, 2.3),
+          # multistep solvers of higher order start (DPM++ 3M) or end (UniPC's lower-order final step, as diffusers)
+          # with a first-order step, which caps the global order at 2
+          "dpmpp_3m_sde": (2.0, 2.7), "unipc": (1.6, 2.3), "dpmpp_sde": (1.8, 2.3)}  # fmt: skip
+#: Options of the convergence runs (the SDE solvers without noise are their ODE solvers).
+ORDER_OPTIONS = {"dpmpp_3m_sde": {"eta": 0.0}, "dpmpp_sde": {"eta": 0.0}}
 STEPS = [16, 32, 64, 128]
 
 
@@ -56,7 +61,8 @@ def test_convergence_order(solver, schedule, prediction, t0, t1):
             [schedule.t_from_noise_level(v) for v in np.linspace(a.noise_level, b.noise_level, n + 1)],
             dtype=torch.float64,
         )
-        out, _ = solvers.sample(den, noise, guidance="none", solver=solver, timesteps=grid)
+        out, _ = solvers.sample(den, noise, guidance="none", solver=solver, timesteps=grid,
+                                **ORDER_OPTIONS.get(solver, {}))  # fmt: skip
         errs.append((out - exact).norm(dim=1).mean().item())
     lo, hi = ORDERS[solver]
     assert lo <= _order(errs) <= hi, (solver, errs)
@@ -171,7 +177,8 @@ def test_nfe_accounting_is_exact(solver, spec):
     assert info.nfe == good.calls + bad.calls  # per sample: every call is one full-batch branch evaluation
     assert good.rows + bad.rows == info.nfe * batch
     stages = solvers.stages_per_sample(solver, info.timesteps, good.schedule)
-    assert stages == (2 * steps - 1 if solver == "heun" else steps)
+    two_stage = solvers.get_solver(solver).stages_per_step == 2  # 2N - 1 on a grid ending at sigma = 0
+    assert stages == (2 * steps - 1 if two_stage else steps) == solvers.get_solver(solver).stages(steps)
     if isinstance(g, G.Interval):
         levels = _stage_levels(solver, info.timesteps, good.schedule)
         assert info.nfe == sum(g.nfe_at(lv) for lv in levels)
@@ -182,12 +189,9 @@ def test_nfe_accounting_is_exact(solver, spec):
 
 
 def _stage_levels(solver, ts, schedule):
-    levels = []
-    for t, s in zip(ts, ts[1:], strict=False):
-        levels.append(schedule.terms(t).noise_level)
-        if solver == "heun" and schedule.terms(s).sigma > 0:
-            levels.append(schedule.terms(s).noise_level)
-    return levels
+    spec = solvers.get_solver(solver)
+    return [schedule.terms(u).noise_level for t, s in zip(ts, ts[1:], strict=False)
+            for u in spec.stage_times(t, s, schedule, len(ts) - 1)]  # fmt: skip
 
 
 def test_branches_that_coincide_are_evaluated_once():
@@ -378,7 +382,7 @@ def test_negative_conditions_replace_only_the_dropped_nulls():
         solvers.sample(good, x, cond, guidance="cfg(2)", steps=2, negative={"audio": torch.zeros(2)})
 
 
-@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("solver", list(solvers.fused_solvers()))
 @pytest.mark.parametrize("spec", ["none", "cfg(3)", "hg(2.7,2.5,1.2)", "ag(2)@[0.2,0.9]"])
 def test_fused_step_path_equals_the_solver_functions(solver, spec):
     classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
@@ -536,3 +540,166 @@ def test_solver_options_are_checked_against_the_registry():
         solvers.sample(den, _noise(2), guidance="none", solver="euler_a", steps=2, eta=-1)
     assert solvers.get_solver("Euler-Ancestral").name == "euler_a"
     assert solvers.get_solver("euler_a").check_options({}) == {"eta": 1.0, "s_noise": 1.0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# k-diffusion's solvers on any schedule, their settings, progress and callbacks (parity: tests/test_solver_parity.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_heun_edm_is_edms_heun_and_heun_is_the_flow_normalised_one():
+    """On an EDM model ``heun_edm`` is the trapezoid in sigma (written out here); ``heun`` differs from it and is the
+    more accurate of the two on Gaussian data; from pure noise (flow t = 1) ``heun_edm``'s first step is ``heun``'s."""
+    den = gaussian_denoiser(MEAN, COV, "eps", D.EDMSchedule())
+    sigmas = solvers.get_timesteps(den.schedule, 10).tolist()
+    noise = _noise(64, 3)
+    exact = DATA.flow_map(noise * sigmas[0], (1.0, sigmas[0]), (1.0, 0.0))
+    x = noise * sigmas[0]
+
+    def x0(x, s):
+        return D.to_x0("eps", x, den(x, torch.full((64,), s, dtype=x.dtype), None), den.schedule.terms(s))
+
+    for s_from, s_to in zip(sigmas, sigmas[1:], strict=False):
+        d = (x - x0(x, s_from)) / s_from
+        if s_to == 0:
+            x = x + d * (s_to - s_from)
+        else:
+            x_2 = x + d * (s_to - s_from)
+            x = x + (d + (x_2 - x0(x_2, s_to)) / s_to) / 2 * (s_to - s_from)
+    edm = solvers.sample(den, noise, guidance="none", solver="heun_edm", steps=10)[0]
+    ours = solvers.sample(den, noise, guidance="none", solver="heun", steps=10)[0]
+    assert torch.allclose(edm, x, atol=1e-12)
+    assert (edm - ours).abs().max() > 0.05
+    assert (ours - exact).norm(dim=1).mean() < (edm - exact).norm(dim=1).mean() / 2
+    flow = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    one = [
+        solvers.sample(flow, noise, guidance="none", solver=s, timesteps=[1.0, 0.6])[0] for s in ("heun", "heun_edm")
+    ]
+    assert torch.equal(one[0], one[1])
+
+
+def test_edm_churn_raises_the_noise_where_asked_and_counts_its_stages():
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    cond = {"label": torch.tensor([0, 1] * 3)}
+    for schedule, prediction in [(D.EDMSchedule(), "eps"), (D.VPSchedule(), "v"), (D.FlowSchedule(1.0), "velocity")]:
+        good = Counter(classes.denoiser(prediction, schedule))
+        for solver in ("euler_edm", "heun_edm"):
+            events = []
+            settings = dict(s_churn=2.0, s_tmin=0.2, s_tmax=10.0, s_noise=1.0)
+            guidance = "cfg(2)@[0.3,0.9]"  # the churned stages' noise levels decide the branches evaluated
+            sampler = solvers.Sampler(good, guidance, solver=solver, steps=8, **settings)
+            good.calls = 0
+            out, info = sampler(_noise(6), cond, generator=torch.Generator().manual_seed(0), callback=events.append)
+            assert info.nfe == good.calls == sampler.nfe, (schedule, solver)
+            raised = 0
+            for e in events:
+                r, r_hat = schedule.terms(e["t"]).ratio, schedule.terms(e["t_hat"]).ratio
+                if math.isfinite(r) and 0.2 <= r <= 10.0:
+                    assert r_hat == pytest.approx(r * (1 + 2.0 / 8), rel=1e-9)  # gamma = s_churn / steps
+                    raised += 1
+                else:
+                    assert e["t_hat"] == e["t"]
+            assert raised >= 2 and torch.isfinite(out).all()
+    # the churn noise comes from the generator: different seeds, different samples; no churn, no noise drawn
+    den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    a, b, c = (solvers.sample(den, _noise(4), guidance="none", solver="heun_edm", steps=6, s_churn=churn,
+                              generator=torch.Generator().manual_seed(seed))[0]
+               for seed, churn in ((1, 1.0), (2, 1.0), (1, 0.0)))  # fmt: skip
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+    gen = torch.Generator().manual_seed(7)
+    solvers.sample(den, _noise(4), guidance="none", solver="euler_edm", steps=6, generator=gen)
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(7).get_state())
+
+
+def test_sde_solvers_sample_the_data_and_reduce_to_their_odes():
+    """Every stochastic solver samples N(mean, cov) at 50 steps (5 standard errors) on flow and VP models; at
+    ``eta = 0`` DPM++ SDE (r = 1/2) and DPM++ 2S ancestral are both DPM-Solver++(2S)."""
+    n = 8000
+    for schedule, prediction in [(D.FlowSchedule(1.0), "velocity"), (D.VPSchedule(), "eps")]:
+        den = gaussian_denoiser(MEAN, COV, prediction, schedule)
+        for solver in ("dpmpp_2m_sde_heun", "dpmpp_3m_sde", "dpmpp_sde", "dpmpp_2s_ancestral"):
+            out, _ = solvers.sample(den, _noise(n, 7), guidance="none", solver=solver, steps=50,
+                                    generator=torch.Generator().manual_seed(1))  # fmt: skip
+            mean_se = torch.sqrt(torch.diag(COV).double() / n)
+            assert torch.all((out.mean(0) - MEAN.double()).abs() < 5 * mean_se + 0.01), (schedule, solver)
+            cov_se = torch.sqrt((COV.double() ** 2 + torch.outer(torch.diag(COV), torch.diag(COV)).double()) / n)
+            assert torch.all((torch.cov(out.T) - COV.double()).abs() < 5 * cov_se + 0.03), (schedule, solver)
+        a = solvers.sample(den, _noise(8), guidance="none", solver="dpmpp_sde", steps=7, eta=0.0)[0]
+        b = solvers.sample(den, _noise(8), guidance="none", solver="dpmpp_2s_ancestral", steps=7, eta=0.0)[0]
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_unipc_beats_dpmpp_2m_at_few_steps_on_flow_models():
+    """UniPC's point (Zhao et al. 2023): at 5-8 steps of a flow model (uniform grid) its samples are much closer to
+    the exact ODE solution than DPM++ 2M's (on the EDM Karras grid 80 -> 0.002 it is not, at these steps)."""
+    for convention in (1.0, 0.0):
+        den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(convention))
+        noise = _noise(64)
+        exact = DATA.flow_map(noise, (0.0, 1.0), (1.0, 0.0))
+        for steps in (5, 8):
+            err = {s: (solvers.sample(den, noise, guidance="none", solver=s, steps=steps)[0] - exact).norm(dim=1).mean()
+                   for s in ("unipc", "dpmpp_2m")}  # fmt: skip
+            assert err["unipc"] < 0.6 * err["dpmpp_2m"], (convention, steps, err)
+
+
+def test_karras_grid_settings_reach_the_sampler():
+    den = gaussian_denoiser(MEAN, COV, "eps", D.EDMSchedule())
+    sampler = solvers.Sampler(den, "none", steps=6, rho=3.0, sigma_min=0.01)
+    assert sampler.timesteps == solvers.get_timesteps(den.schedule, 6, "karras", rho=3.0, sigma_min=0.01).tolist()
+    assert sampler.timesteps != solvers.Sampler(den, "none", steps=6).timesteps
+    flow = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    ts = solvers.Sampler(flow, "none", steps=4, grid="karras", sigma_max=50.0, rho=5.0).timesteps
+    assert D.FlowSchedule(1.0).terms(ts[0]).ratio == pytest.approx(50.0) and ts[-1] == 0.0
+    _, info = solvers.sample(den, _noise(2), guidance="none", steps=3, rho=5.0)
+    assert info.timesteps == solvers.get_timesteps(den.schedule, 3, rho=5.0).tolist()
+    with pytest.raises(ValueError, match="rho shape the 'karras' grid; this run uses the 'uniform' grid"):
+        solvers.Sampler(flow, "none", steps=4, rho=5.0)
+    with pytest.raises(ValueError, match="give either timesteps or steps/grid/rho, not both"):
+        solvers.Sampler(den, "none", timesteps=[80.0, 0.0], rho=5.0)
+    with pytest.raises(ValueError, match="rho must be a positive number, got -1"):
+        solvers.Sampler(den, "none", steps=4, rho=-1)
+
+
+def test_progress_counts_every_stage():
+    classes = ConditionalGaussianMixture([DATA, GaussianMixture.gaussian([-2.0, 1.0], torch.eye(2) * 0.3)])
+    good = classes.denoiser("velocity", D.FlowSchedule(1.0))
+    cond = {"label": torch.tensor([0, 1])}
+    for solver, fused in (("heun", False), ("dpmpp_sde", False), ("euler", True), ("euler", False)):
+        seen: list[tuple[int, int]] = []
+        sampler = solvers.Sampler(good, "cfg(2)", solver=solver, steps=5, fused=fused)
+        sampler(_noise(2), cond, progress=lambda done, total, seen=seen: seen.append((done, total)))
+        assert seen == [(k, sampler.stages) for k in range(1, sampler.stages + 1)], solver
+    assert solvers.Sampler(good, "cfg(2)", solver="heun", steps=5).stages == 9
+
+
+def test_callback_dicts():
+    den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    seen, kd = [], []
+    x, info = solvers.sample(den, _noise(3), guidance="none", solver="dpmpp_2m", steps=4, callback=seen.append)
+    assert [sorted(e) for e in seen] == [["denoised", "i", "t", "t_hat", "t_next", "x", "x_hat"]] * 4
+    assert torch.equal(seen[-1]["x"], x) and torch.equal(seen[1]["x_hat"], seen[0]["x"])
+    assert [e["t"] for e in seen] == info.timesteps[:-1] == [e["t_hat"] for e in seen]
+    solvers.sample(den, _noise(3), guidance="none", solver="dpmpp_2m", steps=4, callback=kd.append,
+                   callback_style="k-diffusion")  # fmt: skip
+    assert [e["sigma"] for e in kd] == [math.inf, 3.0, 1.0, 1 / 3]  # sigma / alpha at t = 1, 0.75, 0.5, 0.25
+    assert all(
+        torch.equal(a["x"], b["x_hat"]) and torch.equal(a["denoised"], b["denoised"])
+        for a, b in zip(kd, seen, strict=True)
+    )
+    with pytest.raises(ValueError, match="unknown callback_style 'comfy'; expected v2a or k-diffusion"):
+        solvers.sample(den, _noise(3), guidance="none", steps=2, callback=print, callback_style="comfy")
+
+
+def test_new_solver_options_are_checked():
+    den = gaussian_denoiser(MEAN, COV, "velocity", D.FlowSchedule(1.0))
+    with pytest.raises(ValueError, match="solver 'unipc': option order must be a whole number, got 2.5"):
+        solvers.sample(den, _noise(2), guidance="none", solver="unipc", steps=2, order=2.5)
+    with pytest.raises(ValueError, match=r"option order=4 is outside \[1, 3\]"):
+        solvers.sample(den, _noise(2), guidance="none", solver="unipc", steps=2, order=4)
+    with pytest.raises(ValueError, match=r"option eta=1.5 is outside \[0, 1\]"):
+        solvers.sample(den, _noise(2), guidance="none", solver="dpmpp_2s_ancestral", steps=2, eta=1.5)
+    with pytest.raises(ValueError, match=r"option s_churn=inf is outside"):
+        solvers.sample(den, _noise(2), guidance="none", solver="heun_edm", steps=2, s_churn=math.inf)
+    assert solvers.get_solver("heun_edm").check_options({"s_tmax": math.inf})["s_tmax"] == math.inf
+    assert solvers.get_solver("DPM++ 2M SDE Heun").name == "dpmpp_2m_sde_heun"
+    assert solvers.get_solver("uni_pc_bh2").name == "unipc" and solvers.get_solver("DPM++ 2S a").name.endswith("al")

@@ -5,8 +5,9 @@ Public surface:
 * :mod:`v2a_sampler.denoisers`: the denoiser protocol (prediction types, schedules, ``from_fn``).
 * :mod:`v2a_sampler.guidance`: CFG, autoguidance, parallel/hierarchical mixture-of-guidance, mixtures,
   multi-condition CFG, intervals; ``parse("hg(2.7,2.5,1.2)")``; the preset registry.
-* :mod:`v2a_sampler.solvers`: the solver registry (Euler, Euler ancestral, Heun, DPM++ 2M, DPM++ 2M SDE),
-  ``Sampler`` and ``sample()``.
+* :mod:`v2a_sampler.solvers`: the solver registry (Euler, Heun, their EDM forms with churn, Euler ancestral,
+  DPM++ 2M / 2M SDE / 3M SDE / SDE / 2S ancestral, UniPC), noise sources (``BrownianTreeNoise``), ``Sampler`` and
+  ``sample()``.
 * :class:`Pipeline`: video in, soundtrack out (``Pipeline.from_pretrained()`` loads the embedded model);
   :class:`MMAudioPipeline`, :class:`RunConfig` and the rest of :mod:`v2a_sampler.pipelines`.
 """

@@ -17,7 +17,7 @@ import torch
 
 from ..kernels import combine
 from .denoisers import Cond, Denoiser, Prediction, check_compatible, eps_from_x0, from_x0_eps, to_x0
-from .guidance import ROLES, ZERO_TOL, Branch, Guidance, GuidedStep
+from .guidance import ROLES, ZERO_TOL, Branch, Guidance, GuidedStep, describe
 
 
 class GuidedDenoiser:
@@ -61,9 +61,15 @@ class GuidedDenoiser:
         streams: bool = False,
         cuda_graph: bool | GraphBackend = False,
     ) -> None:
+        if guidance.needs_grid:
+            raise ValueError(
+                f"guidance {describe(guidance)} is defined over the sampling grid's steps (window fractions, "
+                "zero_star's first k steps): sample through Sampler/sample(), or bind it first with "
+                "guidance.on_grid(noise levels of the grid)"
+            )
         if guidance.needs_bad_model:
             if bad is None:
-                raise ValueError(f"guidance {guidance.spec()} needs a bad model; pass bad=...")
+                raise ValueError(f"guidance {describe(guidance)} needs a bad model; pass bad=...")
             check_compatible(model, bad)
         self.model = model
         self.bad = bad
@@ -116,14 +122,16 @@ class GuidedDenoiser:
         """``{(role, dropped names): coefficient}`` at ``level``; branches that coincide for these models merge.
 
         For a linear guidance, keys whose merged coefficient cancels are not evaluated; a non-linear one gets every
-        branch it names."""
+        branch of :meth:`Guidance.branches` at ``level`` (what its NFE counts; coefficients are its own business and
+        reported as 0)."""
         out: dict[tuple[str, frozenset[str]], float] = {}
-        for b, c in self.guidance.branch_coefficients(level).items():
-            if abs(c) > ZERO_TOL or self.guidance.is_linear:
-                k = self.key(b)
-                out[k] = out.get(k, 0.0) + c
         if not self.guidance.is_linear:
+            for b in self.guidance.branches(level):
+                out.setdefault(self.key(b), 0.0)
             return out
+        for b, c in self.guidance.branch_coefficients(level).items():
+            k = self.key(b)
+            out[k] = out.get(k, 0.0) + c
         return {k: c for k, c in out.items() if abs(c) > ZERO_TOL}
 
     def branch_predictions(self, x: torch.Tensor, t: float) -> tuple[list[torch.Tensor], list[float]]:

@@ -15,21 +15,30 @@ Formulas (AudioMoG, arXiv 2509.*, eqs. 5, 6, 9, 10, 11, 18, 19; eps stands for a
   unconditional branches.
 * Theorem 1: both HG orders span the same family; :func:`hg_reorder` maps weights between them (eqs. 18/19).
 
+Beyond affine combinations: every weight of every preset may vary with the noise level (:func:`linear`,
+:func:`cosine`, a Python callable), :func:`window` applies a guidance on a diffusers-style fraction of the steps, and
+non-linear operators wrap any guidance expression: :func:`rescale` (Lin et al. 2024), :func:`apg` (Sadat et al.
+2025), :func:`zero_star` (CFG-Zero*, Fan et al. 2025) and :func:`mambo` (MAMBO-G, magnitude-aware CFG).
+
 Branch keys read ``"<role>:<cond|null>"``: ``"good:cond"`` keeps every condition, ``"good:null"`` drops them all
 (multi-condition CFG drops all together, as in AV-Link), and ``"good:null[text]"`` drops only ``text``.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import math
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from .denoisers import ALL, normalize_drop
+import torch
+
+from .denoisers import ALL, Prediction, normalize_drop, x0_coefficients
 
 ROLES = ("good", "bad")
 
@@ -183,8 +192,27 @@ class Guidance:
         raise NotImplementedError
 
     def regimes(self) -> list[dict[Branch, float]]:
-        """Every distinct coefficient map this guidance uses over the whole trajectory."""
-        return [self.branch_coefficients(None)]
+        """Every distinct coefficient map this guidance uses over the whole trajectory (probed at the levels where
+        it may change, see :meth:`probe_levels`)."""
+        points = self.probe_levels()
+        if not points:
+            return [self.branch_coefficients(None)]
+        return [self.branch_coefficients(lv) for lv in _probe_levels(points)]
+
+    def probe_levels(self) -> list[float]:
+        """Noise levels at (and between) which the coefficients may change: interval ends, a schedule's probes."""
+        return []
+
+    def on_grid(self, levels: Sequence[float]) -> Guidance:
+        """This guidance resolved for a sampling grid with noise ``levels`` (``t_0 .. t_N``, decreasing): forms
+        defined over steps (:func:`window` fractions, :func:`zero_star`'s first ``k`` steps) bind to it; every other
+        form returns itself. :class:`~v2a_sampler.solvers.Sampler` calls it once per run configuration."""
+        return self
+
+    @property
+    def needs_grid(self) -> bool:
+        """True while a form defined over steps is not yet bound to a grid by :meth:`on_grid`."""
+        return False
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -213,24 +241,30 @@ class Guidance:
         return {b.key: c for b, c in _clean(self.branch_coefficients(level)).items()}
 
     def branches(self, level: float | None = None) -> tuple[Branch, ...]:
-        """The branches to evaluate at noise ``level`` (None: the main regime; :attr:`all_branches` covers all)."""
+        """The branches to evaluate at noise ``level`` (None: the main regime; :attr:`all_branches` covers all):
+        those with a non-zero coefficient (a scheduled weight that makes a coefficient exactly 0 skips its branch
+        at that level, as an interval does)."""
         return tuple(_clean(self.branch_coefficients(level)))
+
+    def branch_sets(self) -> list[tuple[Branch, ...]]:
+        """The branches evaluated in each regime of the trajectory (what NFE counts)."""
+        return [tuple(_clean(r)) for r in self.regimes()]
 
     @property
     def all_branches(self) -> tuple[Branch, ...]:
         """Every branch needed at some point of the trajectory."""
         out: set[Branch] = set()
-        for reg in self.regimes():
-            out.update(_clean(reg))
+        for bs in self.branch_sets():
+            out.update(bs)
         return tuple(sorted(out))
 
     @property
     def nfe_per_step(self) -> int:
         """Network evaluations per solver stage in the most expensive regime (one batched branch counts one)."""
-        return max(len(_clean(r)) for r in self.regimes())
+        return max(len(bs) for bs in self.branch_sets())
 
     def nfe_at(self, level: float) -> int:
-        return len(_clean(self.branch_coefficients(level)))
+        return len(self.branches(level))
 
     @property
     def roles(self) -> frozenset[str]:
@@ -256,15 +290,21 @@ class Guidance:
         return self.spec()
 
     def __repr__(self) -> str:
-        return f"<Guidance {self.spec()} nfe/step={self.nfe_per_step}>"
+        return f"<Guidance {describe(self)} nfe/step={self.nfe_per_step}>"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Guidance):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        try:
+            return self.to_dict() == other.to_dict()
+        except SerializationError:  # a Python callable weight: equal only to itself
+            return self is other
 
     def __hash__(self) -> int:
-        return hash(self.to_json())
+        try:
+            return hash(self.to_json())
+        except SerializationError:
+            return id(self)
 
     # -- arithmetic ---------------------------------------------------------------------------------------------
     def __add__(self, other: Guidance) -> Guidance:
@@ -336,11 +376,30 @@ class Linear(Guidance):
             return _weighted(self.branch_coefficients(step.level), predictions)
         return sum(c * g.combine(predictions, step) for c, g in self.terms)
 
-    def regimes(self) -> list[dict[Branch, float]]:
-        levels = sorted({lv for _, g in self.terms for lv in _breakpoints(g)})
-        if not levels:
-            return [self.branch_coefficients(None)]
-        return [self.branch_coefficients(lv) for lv in _probe_levels(levels)]
+    def probe_levels(self) -> list[float]:
+        return sorted({lv for _, g in self.terms for lv in g.probe_levels()})
+
+    def branches(self, level: float | None = None) -> tuple[Branch, ...]:
+        if self.is_linear:
+            return super().branches(level)
+        # a non-linear term needs its branches whatever the other terms' coefficients (they may cancel)
+        return tuple(sorted({b for _, g in self.terms for b in g.branches(level)}))
+
+    def branch_sets(self) -> list[tuple[Branch, ...]]:
+        if self.is_linear:
+            return super().branch_sets()
+        points = self.probe_levels()
+        return [self.branches(lv) for lv in (_probe_levels(points) if points else [None])]
+
+    @property
+    def needs_grid(self) -> bool:
+        return any(g.needs_grid for _, g in self.terms)
+
+    def on_grid(self, levels: Sequence[float]) -> Guidance:
+        terms = [(c, g.on_grid(levels)) for c, g in self.terms]
+        if all(new is old for (_, new), (_, old) in zip(terms, self.terms, strict=True)):
+            return self
+        return Linear(terms, self.preset, self.params)
 
     def to_dict(self) -> dict[str, Any]:
         if self.preset is not None:
@@ -354,7 +413,8 @@ class Linear(Guidance):
         for i, (c, g) in enumerate(self.terms):
             sign = "-" if c < 0 else "+"
             mag = abs(c)
-            body = g.spec() if isinstance(g, (Term, Interval)) or getattr(g, "preset", None) else f"({g.spec()})"
+            atomic = isinstance(g, (Term, Interval, Window, Operation)) or getattr(g, "preset", None)
+            body = g.spec() if atomic else f"({g.spec()})"
             txt = body if mag == 1.0 else f"{_fmt(mag)}*{body}"
             parts.append((sign if i or c < 0 else "") + txt)
         return "".join(parts) if parts else "0*good:cond"
@@ -383,6 +443,22 @@ class Interval(Guidance):
     def regimes(self) -> list[dict[Branch, float]]:
         return self.inner.regimes() + self.fallback.regimes()
 
+    def branch_sets(self) -> list[tuple[Branch, ...]]:
+        return self.inner.branch_sets() + self.fallback.branch_sets()
+
+    def probe_levels(self) -> list[float]:
+        return [self.lo, self.hi, *self.inner.probe_levels(), *self.fallback.probe_levels()]
+
+    @property
+    def needs_grid(self) -> bool:
+        return self.inner.needs_grid or self.fallback.needs_grid
+
+    def on_grid(self, levels: Sequence[float]) -> Guidance:
+        inner, fallback = self.inner.on_grid(levels), self.fallback.on_grid(levels)
+        if inner is self.inner and fallback is self.fallback:
+            return self
+        return Interval(inner, self.lo, self.hi, fallback)
+
     @property
     def is_linear(self) -> bool:
         return self.inner.is_linear and self.fallback.is_linear
@@ -406,11 +482,7 @@ class Interval(Guidance):
 
 
 def _breakpoints(g: Guidance) -> list[float]:
-    if isinstance(g, Interval):
-        return [g.lo, g.hi] + _breakpoints(g.inner) + _breakpoints(g.fallback)
-    if isinstance(g, Linear):
-        return [lv for _, sub in g.terms for lv in _breakpoints(sub)]
-    return []
+    return g.probe_levels()
 
 
 def _probe_levels(points: list[float]) -> list[float]:
@@ -422,28 +494,201 @@ def _probe_levels(points: list[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Weight schedules: weights that vary with the noise level
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Noise level at which a scheduled weight is read when no level is given (``coefficients()``,
+#: ``cond_strength()``, the AMG checks): mid-trajectory.
+NOMINAL_LEVEL = 0.5
+#: Noise levels (with the midpoints between them) probed to find every branch a scheduled guidance evaluates and its
+#: most expensive stage: 0, 1/32, ..., 1.
+SCHEDULE_PROBES = tuple(i / 32 for i in range(33))
+
+
+class SerializationError(ValueError):
+    """A guidance holds something no spec or dict can express (a Python callable weight)."""
+
+
+class WeightSchedule:
+    """A guidance weight ``w(level)`` over the noise level (1 = pure noise, the start of sampling; 0 = data).
+
+    * ``linear(a, b)``: ``w = b + (a - b) * level``: ``a`` at the start of sampling, ``b`` at its end;
+    * ``cosine(a, b)``: ``w = b + (a - b) * (1 - cos(pi * level)) / 2``: the same ends, flat at both;
+    * a Python callable ``fn(level) -> float`` (Python API only: it has no spec and no dict, so
+      :meth:`Guidance.spec` and :meth:`Guidance.to_dict` raise :class:`SerializationError`).
+
+    Monotone schedules over the noise level follow Wang et al. (2024, "Analysis of classifier-free guidance weight
+    schedulers"), who find increasing guidance toward the data end (``linear(1, w)``) a robust choice.
+    """
+
+    def __init__(self, kind: str, args: Sequence[float] = (), fn: Callable[[float], float] | None = None) -> None:
+        if kind == "callable":
+            if not callable(fn):
+                raise ValueError(f"a callable weight schedule needs a function, got {fn!r}")
+        elif kind not in SCHEDULES:
+            raise ValueError(f"unknown weight schedule {kind!r}; known: {', '.join(SCHEDULES)}, or a callable")
+        else:
+            arity = SCHEDULE_ARITY[kind]
+            if len(args) != arity:
+                raise ValueError(f"{kind}() takes {arity} numbers, got {len(args)}")
+            for a in args:
+                if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+                    raise ValueError(f"{kind}(): {a!r} is not a finite number")
+        self.kind = kind
+        self.args = tuple(float(a) for a in args)
+        self.fn = fn
+
+    def __call__(self, level: float) -> float:
+        if self.kind == "linear":
+            a, b = self.args
+            return b + (a - b) * level
+        if self.kind == "cosine":
+            a, b = self.args
+            return b + (a - b) * 0.5 * (1.0 - math.cos(math.pi * level))
+        assert self.fn is not None
+        value = self.fn(level)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"weight schedule {self.describe()} returned {value!r} at noise level {level:g}")
+        return float(value)
+
+    def describe(self) -> str:
+        if self.kind == "callable":
+            return f"<callable {getattr(self.fn, '__qualname__', type(self.fn).__name__)}>"
+        return f"{self.kind}({','.join(_fmt(a) for a in self.args)})"
+
+    def spec(self) -> str:
+        if self.kind == "callable":
+            raise SerializationError(
+                f"a Python callable weight ({self.describe()}) has no spec or dict form; use linear(a,b) or "
+                "cosine(a,b) to record the guidance, or keep it in Python"
+            )
+        return self.describe()
+
+    def to_dict(self) -> dict[str, Any]:
+        self.spec()  # raises for callables
+        return {"schedule": self.kind, "args": list(self.args)}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WeightSchedule):
+            return NotImplemented
+        if self.kind == "callable" or other.kind == "callable":
+            return self.fn is other.fn
+        return (self.kind, self.args) == (other.kind, other.args)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.args, id(self.fn)))
+
+    def __repr__(self) -> str:
+        return f"WeightSchedule({self.describe()})"
+
+
+#: A preset weight: a number, a schedule over the noise level, or a Python callable ``fn(level) -> float``.
+Weight = float | WeightSchedule | Callable[[float], float]
+
+
+def constant(w: float) -> float:
+    """A constant weight (``constant(3)`` is ``3``)."""
+    return Param("w", None, "number").check(w, "constant")
+
+
+def linear(start: float, end: float) -> WeightSchedule:
+    """A weight going linearly in the noise level from ``start`` (pure noise) to ``end`` (data)."""
+    return WeightSchedule("linear", (start, end))
+
+
+def cosine(start: float, end: float) -> WeightSchedule:
+    """A weight going from ``start`` (pure noise) to ``end`` (data) along a half cosine in the noise level."""
+    return WeightSchedule("cosine", (start, end))
+
+
+#: Named weight schedules of the spec language (``cfg(linear(1,4))``) and the numbers each takes.
+SCHEDULES: dict[str, Callable[..., Any]] = {"constant": constant, "linear": linear, "cosine": cosine}
+SCHEDULE_ARITY = {"constant": 1, "linear": 2, "cosine": 2}
+SCHEDULE_FORMULAS = {
+    "constant": ("constant(w)", "w at every noise level (the same as a plain number)"),
+    "linear": ("linear(a,b)", "b + (a - b) level: a at the start of sampling (noise), b at the end (data)"),
+    "cosine": ("cosine(a,b)", "b + (a - b) (1 - cos(pi level)) / 2: a at the start, b at the end, flat at both"),
+}
+
+
+def schedule_from_dict(d: Mapping[str, Any]) -> WeightSchedule | float:
+    """Inverse of :meth:`WeightSchedule.to_dict`."""
+    kind = d.get("schedule")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown weight schedule {kind!r} in {dict(d)}; known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[kind](*d.get("args", ()))
+
+
+def _at(value: Any, level: float) -> Any:
+    """``value`` with every weight schedule in it read at ``level``."""
+    if isinstance(value, WeightSchedule):
+        return value(level)
+    if isinstance(value, Mapping):
+        return {k: _at(v, level) for k, v in value.items()}
+    return value
+
+
+def _is_scheduled(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_is_scheduled(v) for v in value.values())
+    return isinstance(value, WeightSchedule)
+
+
+def _fmt_weight(value: Any) -> str:
+    return value.spec() if isinstance(value, WeightSchedule) else _fmt(value)
+
+
+def _weight_record(value: Any) -> Any:
+    """A weight as a JSON value: a number, or a schedule's dict."""
+    if isinstance(value, WeightSchedule):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _weight_record(v) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Library forms: one registry entry per preset
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter of a preset: a guidance ``weight`` (a finite number, positional in specs), a ``choice`` among
-    fixed words, or a set of ``conditions`` (names joined by ``+`` in specs)."""
+    """A parameter of a preset or an operator: a guidance ``weight`` (a finite number or a weight schedule,
+    positional in specs), a ``number`` option (finite, at least ``minimum``, whole if ``integer``), a ``choice``
+    among fixed words, or a set of ``conditions`` (names joined by ``+`` in specs)."""
 
     name: str
     default: Any
     kind: str = "weight"
     choices: tuple[str, ...] = ()
     help: str = ""
+    minimum: float | None = None
+    integer: bool = False
 
     def check(self, value: Any, preset: str) -> Any:
         """The normalised value, or ``ValueError`` naming the preset and parameter."""
         if self.kind == "weight":
+            if isinstance(value, WeightSchedule):
+                return value
+            if isinstance(value, Mapping) and "schedule" in value:
+                return schedule_from_dict(value)
+            if callable(value):
+                return WeightSchedule("callable", fn=value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{preset}: {self.name} must be a number, got {value!r}")
+                raise ValueError(f"{preset}: {self.name} must be a number or a weight schedule, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"{preset}: {self.name}={value!r} is not a finite number")
+            return float(value)
+        if self.kind == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{preset}: {self.name} must be a finite number, got {value!r}")
+            if self.minimum is not None and value < self.minimum:
+                raise ValueError(f"{preset}: {self.name}={value!r} must be >= {_fmt(self.minimum)}")
+            if self.integer:
+                if value != int(value):
+                    raise ValueError(f"{preset}: {self.name} must be a whole number, got {value!r}")
+                return int(value)
             return float(value)
         if self.kind == "choice":
             if value not in self.choices:
@@ -483,7 +728,7 @@ class Preset:
     def weights(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.kind == "weight")
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Linear:
+    def __call__(self, *args: Any, **kwargs: Any) -> Guidance:
         """The guidance for these parameters: weights by position or name (all of them, or none for the paper
         defaults), other parameters by name."""
         weights = self.weights
@@ -518,6 +763,8 @@ class Preset:
                 raise ValueError(f"{self.name} takes condition names; for all conditions at once use cfg(w)")
             params[self.variadic] = {k: Param(k, None).check(v, self.name) for k, v in variadic.items()}
         recorded = {k: v for k, v in params.items() if not self._omitted(k, v)}
+        if _is_scheduled(params):
+            return Scheduled(self.name, params, recorded)
         coefficients = self.build(**params)
         return Linear([(c, Term(b)) for b, c in coefficients.items()], preset=self.name, params=recorded)
 
@@ -527,9 +774,9 @@ class Preset:
 
     def spec(self, params: Mapping[str, Any]) -> str:
         """The spec string of a guidance built with ``params`` (as recorded by :meth:`__call__`)."""
-        args = [_fmt(params[p.name]) for p in self.weights]
+        args = [_fmt_weight(params[p.name]) for p in self.weights]
         if self.variadic is not None:
-            args += [f"{k}={_fmt(v)}" for k, v in params[self.variadic].items()]
+            args += [f"{k}={_fmt_weight(v)}" for k, v in params[self.variadic].items()]
         for p in self.params:
             if p.kind != "weight" and p.name in params:
                 v = params[p.name]
@@ -550,6 +797,39 @@ class Preset:
             for p in self.params
             if p.kind != "weight"
         )
+
+
+class Scheduled(Guidance):
+    """A preset whose weights include schedules over the noise level (``cfg(linear(1,4))``,
+    ``hg(cosine(2.7,1),2.5,1.2)``): at each level the preset's coefficients for the weights read there.
+
+    The branches are the preset's; a branch whose coefficient is exactly zero at a stage's level (``cfg`` at weight
+    1 drops ``good:null``) is skipped there and not counted, as outside an interval. Levels are probed at
+    :data:`SCHEDULE_PROBES` (and midpoints) for :attr:`nfe_per_step` and :attr:`all_branches`; a run's
+    ``Sampler.nfe`` reads every stage's own level, so it stays exact. With no level given the weights are read at
+    :data:`NOMINAL_LEVEL`.
+    """
+
+    def __init__(self, preset: str, params: Mapping[str, Any], recorded: Mapping[str, Any]) -> None:
+        self.preset = preset
+        self.params = dict(recorded)
+        self._values = dict(params)
+
+    def weights_at(self, level: float | None) -> dict[str, Any]:
+        """Every parameter with its schedules read at ``level`` (None: :data:`NOMINAL_LEVEL`)."""
+        return {k: _at(v, NOMINAL_LEVEL if level is None else level) for k, v in self._values.items()}
+
+    def branch_coefficients(self, level: float | None = None) -> dict[Branch, float]:
+        return dict(PRESETS[self.preset].build(**self.weights_at(level)))
+
+    def probe_levels(self) -> list[float]:
+        return list(SCHEDULE_PROBES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.preset, **{k: _weight_record(v) for k, v in self.params.items()}}
+
+    def spec(self) -> str:
+        return PRESETS[self.preset].spec(self.params)
 
 
 #: Every preset by name (:func:`preset` also resolves the aliases).
@@ -711,29 +991,30 @@ def none() -> Guidance:
     return PRESETS["none"]()
 
 
-def cfg(w: float = PAPER_DEFAULTS["cfg"][0], drop: str | Collection[str] | None = None) -> Guidance:
+def cfg(w: Weight = PAPER_DEFAULTS["cfg"][0], drop: str | Collection[str] | None = None) -> Guidance:
     """Classifier-free guidance (AudioMoG eq. 5): ``eps(null) + w (eps(c) - eps(null))``.
 
     ``drop`` names the conditions nulled in the unconditional branch; the default drops all of them together
-    (joint multi-condition CFG, AV-Link).
+    (joint multi-condition CFG, AV-Link). ``w`` (like every preset weight) may be a schedule over the noise level:
+    ``cfg(linear(1, 4))``, ``cfg(lambda level: ...)``.
     """
     return PRESETS["cfg"](w, drop=drop)
 
 
-def ag(w: float = PAPER_DEFAULTS["ag"][0], on: str = "cond") -> Guidance:
+def ag(w: Weight = PAPER_DEFAULTS["ag"][0], on: str = "cond") -> Guidance:
     """Autoguidance (AudioMoG eq. 6): ``eps_bad(c) + w (eps(c) - eps_bad(c))``; ``on="null"`` uses the nulls."""
     return PRESETS["ag"](w, on=on)
 
 
-def pg(w1: float = PAPER_DEFAULTS["pg"][0], w2: float = PAPER_DEFAULTS["pg"][1]) -> Guidance:
+def pg(w1: Weight = PAPER_DEFAULTS["pg"][0], w2: Weight = PAPER_DEFAULTS["pg"][1]) -> Guidance:
     """Parallel MoG (AudioMoG eq. 10): ``eps(null) + w1 (eps(c) - eps(null)) + w2 (eps(c) - eps_bad(c))``."""
     return PRESETS["pg"](w1, w2)
 
 
 def hg(
-    w1: float = PAPER_DEFAULTS["hg"][0],
-    w2: float = PAPER_DEFAULTS["hg"][1],
-    w3: float = PAPER_DEFAULTS["hg"][2],
+    w1: Weight = PAPER_DEFAULTS["hg"][0],
+    w2: Weight = PAPER_DEFAULTS["hg"][1],
+    w3: Weight = PAPER_DEFAULTS["hg"][2],
     order: str = "cfg",
 ) -> Guidance:
     """Hierarchical MoG.
@@ -745,7 +1026,7 @@ def hg(
     return PRESETS["hg"](w1, w2, w3, order=order)
 
 
-def multi_cfg(weights: Mapping[str, float], mode: str = "chain") -> Guidance:
+def multi_cfg(weights: Mapping[str, Weight], mode: str = "chain") -> Guidance:
     """CFG with one scale per named condition.
 
     ``mode="chain"`` (InstructPix2Pix style), conditions in the given order ``c1..cn``::
@@ -845,7 +1126,9 @@ def branch(key: str | Branch) -> Guidance:
 @dataclass(frozen=True)
 class Operator:
     """A form of the spec language whose arguments include guidance expressions (``args``: ``"guidance"`` or
-    ``"number"`` per position; a trailing ``?`` makes it optional). Its guidance serialises itself."""
+    ``"number"`` per position; a trailing ``?`` makes it optional) and keyword ``options`` (``apg(G,eta=0.5)``).
+    ``build(*args, **options)`` makes the guidance, which serialises itself; ``to_dict`` gives ``{"type": name,
+    "inner": ..., **options}`` (``interval`` keeps its own fields)."""
 
     name: str
     args: tuple[str, ...]
@@ -853,6 +1136,18 @@ class Operator:
     signature: str
     formula: str
     nfe: str
+    options: tuple[Param, ...] = ()
+    source: str = ""
+
+    def options_text(self) -> str:
+        """The keyword options and their defaults (``eta=0, space=x0/eps/...``)."""
+        out = []
+        for p in self.options:
+            if p.kind == "choice":
+                out.append(f"{p.name}={'/'.join(p.choices)}")
+            else:
+                out.append(f"{p.name}={_fmt(p.default)}")
+        return ", ".join(out)
 
 
 def register_operator(op: Operator) -> Operator:
@@ -876,6 +1171,517 @@ register_operator(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Forms over the sampling grid's steps: window (diffusers' start/stop)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _step_starts(levels: Sequence[float]) -> tuple[float, ...]:
+    """The noise levels at which the steps of a grid with noise ``levels`` (``t_0 .. t_N``) start, ascending."""
+    if len(levels) < 2:
+        raise ValueError("a sampling grid needs at least two noise levels")
+    return tuple(sorted(float(v) for v in levels[:-1]))
+
+
+def step_index(starts: Sequence[float], level: float) -> int:
+    """The step ``i`` whose interval ``(level_{i+1}, level_i]`` holds a stage at noise ``level`` (``starts`` from
+    :func:`_step_starts`): a stage at ``t_i`` belongs to step ``i``, so Heun's corrector at ``t_{i+1}`` counts for
+    step ``i + 1``, as the next step's first stage does."""
+    return max(len(starts) - bisect.bisect_left(starts, level) - 1, 0)
+
+
+class Window(Guidance):
+    """``inner`` on the steps ``int(start N) <= i < int(stop N)`` of an ``N``-step run and the conditional prediction
+    elsewhere: diffusers' ``start``/``stop`` fractions of the denoising steps (``_is_cfg_enabled``).
+
+    It is sugar over noise levels for the chosen grid: on a grid with noise levels ``l_0 > ... > l_N`` it applies
+    ``inner`` to stages whose level is in ``(l_{int(stop N)}, l_{int(start N)}]`` (so for single-stage solvers
+    exactly diffusers' steps; a multi-stage solver's stage at ``t_{i+1}`` counts for step ``i + 1``). The grid
+    binds when sampling (:meth:`Guidance.on_grid`, called by the Sampler); before that, counting questions treat it
+    as ``inner`` and :class:`~v2a_sampler.core.engine.GuidedDenoiser` refuses it.
+    """
+
+    def __init__(
+        self, inner: Guidance, start: float = 0.0, stop: float = 1.0, levels: Sequence[float] | None = None
+    ) -> None:
+        start = Param("start", 0.0, "number").check(start, "window")
+        stop = Param("stop", 1.0, "number").check(stop, "window")
+        if not (0.0 <= start < 1.0 and start <= stop <= 1.0):
+            raise ValueError(f"window needs 0 <= start < 1 and start <= stop <= 1 (fractions of the steps), "
+                             f"got start={_fmt(start)}, stop={_fmt(stop)}")  # fmt: skip
+        self.inner = inner
+        self.start, self.stop = start, stop
+        self.levels = None if levels is None else tuple(float(v) for v in levels)
+        if self.levels is not None:
+            n = len(self.levels) - 1
+            self.hi = self.levels[int(start * n)]  # the first guided step starts here
+            self.lo = self.levels[int(stop * n)]  # the first unguided step after the window starts here
+
+    def active(self, level: float | None) -> bool:
+        if level is None or self.levels is None:
+            return True
+        return self.lo < level <= self.hi
+
+    def branch_coefficients(self, level: float | None = None) -> dict[Branch, float]:
+        return (self.inner if self.active(level) else none()).branch_coefficients(level)
+
+    def regimes(self) -> list[dict[Branch, float]]:
+        return self.inner.regimes() + none().regimes()
+
+    def branch_sets(self) -> list[tuple[Branch, ...]]:
+        return self.inner.branch_sets() + none().branch_sets()
+
+    def probe_levels(self) -> list[float]:
+        edges = [] if self.levels is None else [self.lo, self.hi]
+        return edges + self.inner.probe_levels()
+
+    @property
+    def is_linear(self) -> bool:
+        return self.inner.is_linear
+
+    @property
+    def needs_grid(self) -> bool:
+        return self.levels is None or self.inner.needs_grid
+
+    def on_grid(self, levels: Sequence[float]) -> Guidance:
+        return Window(self.inner.on_grid(levels), self.start, self.stop, levels)
+
+    def combine(self, predictions: Mapping[Branch, Any], step: GuidedStep) -> Any:
+        return (self.inner if self.active(step.level) else none()).combine(predictions, step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "window", "inner": self.inner.to_dict(), "start": self.start, "stop": self.stop}
+
+    def spec(self) -> str:
+        opts = ("" if self.start == 0.0 else f",start={_fmt(self.start)}") + (
+            "" if self.stop == 1.0 else f",stop={_fmt(self.stop)}"
+        )
+        return f"window({self.inner.spec()}{opts})"
+
+
+def window(inner: Guidance | str, start: float = 0.0, stop: float = 1.0) -> Guidance:
+    """``inner`` on the steps ``int(start N) <= i < int(stop N)`` of an ``N``-step run, no guidance elsewhere
+    (diffusers' ``start``/``stop``); spec ``window(G,start=0.2,stop=0.8)`` or ``cfg(4.5,start=0.2,stop=0.8)``."""
+    return Window(parse(inner) if isinstance(inner, str) else inner, start, stop)
+
+
+register_operator(
+    Operator(
+        "window",
+        ("guidance", "number?", "number?"),
+        window,
+        "window(G,start,stop) or P(...,start=a,stop=b)",
+        "G on the steps int(start N) <= i < int(stop N) of N, none elsewhere: noise levels (l_stop, l_start] of the "
+        "grid",
+        "<= nfe(G)",
+        (
+            Param("start", 0.0, "number", help="fraction of the steps before guidance starts"),
+            Param("stop", 1.0, "number", help="fraction of the steps after which guidance stops"),
+        ),  # fmt: skip
+        "diffusers guiders' start/stop",
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-linear operators: rescale, APG, CFG-Zero*, MAMBO-G
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Prediction spaces an operator can act in; ``native`` is the good model's own prediction type.
+SPACES = ("native", "x0", "eps", "v", "velocity")
+#: Smallest norm APG divides by when it normalises the conditional prediction (torch's ``F.normalize``).
+APG_NORM_EPS = 1e-12
+#: Added to ``|p_b|^2`` in CFG-Zero*'s optimal scale (as the reference implementation).
+ZERO_STAR_EPS = 1e-8
+
+
+def space_map(native: Prediction | str, space: Prediction | str, terms: Any) -> tuple[float, float]:
+    """``(A, B)`` such that a prediction ``p`` of type ``native`` is ``q = A x + B p`` as type ``space``, at a state
+    ``x`` with schedule ``terms`` (``x = alpha x0 + sigma eps``; every such conversion is affine).
+
+    From ``x0 = a x + b p`` (:func:`~v2a_sampler.core.denoisers.x0_coefficients`) and ``q = c_x x + c_0 x0`` with
+    ``(c_x, c_0)`` = ``(0, 1)`` for x0, ``(1/sigma, -alpha/sigma)`` for eps, ``(alpha/sigma, -(alpha^2 + sigma^2)
+    /sigma)`` for v and ``(dsigma/sigma, dalpha - dsigma alpha/sigma)`` for velocity. Needs ``sigma > 0``; eps is
+    not a usable space where ``alpha = 0`` (every eps there is ``x / sigma``)."""
+    native, space = Prediction.parse(native), Prediction.parse(space)
+    if native is space:
+        return 0.0, 1.0
+    al, si = terms.alpha, terms.sigma
+    if si <= 0.0:
+        raise ValueError("prediction spaces cannot be converted at sigma = 0 (the data end)")
+    c = {
+        Prediction.X0: (0.0, 1.0),
+        Prediction.EPS: (1.0 / si, -al / si),
+        Prediction.V: (al / si, -(al * al + si * si) / si),
+        Prediction.VELOCITY: (terms.d_sigma / si, terms.d_alpha - terms.d_sigma * al / si),
+    }[space]
+    a, b = x0_coefficients(native, terms)
+    big_a, big_b = c[0] + c[1] * a, c[1] * b
+    if big_b == 0.0 or not math.isfinite(big_b):
+        raise ValueError(f"space={space.value} is undefined at this noise level (alpha = {al:g}): a guidance operator "
+                         "cannot act on eps where alpha = 0 (pure noise); use space=x0, v or velocity")  # fmt: skip
+    return big_a, big_b
+
+
+def _row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row values ``(B,)`` shaped to broadcast against ``like`` ``(B, ...)``."""
+    return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _row_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).flatten(1).sum(dim=1)
+
+
+def _space_param(default: str, why: str) -> Param:
+    return Param("space", default, "choice", (default, *(s for s in SPACES if s != default)), why)
+
+
+class Operation(Guidance):
+    """A non-linear operator wrapping one guidance expression ``inner``: ``name(inner, option=value, ...)``.
+
+    It evaluates exactly ``inner``'s branches (its :meth:`branch_coefficients` are ``inner``'s, so NFE and batching
+    are unchanged), receives them as predictions by branch and returns the guided prediction. Subclasses implement
+    :meth:`apply` in their prediction ``space`` (option ``space``; ``native`` = the good model's prediction type):
+    the branch predictions are converted there with :func:`space_map` and the result converted back. Rows of a batch
+    are independent samples: every norm, dot product and standard deviation is taken per row, and per-run state
+    (APG's momentum) lives in ``step.state`` per row. Operators need ``good:cond`` among ``inner``'s branches; at a
+    level where ``inner`` does not evaluate it (a coefficient of 0) the operator passes ``inner`` through.
+    """
+
+    name: ClassVar[str] = ""
+    OPTIONS: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, inner: Guidance | str, **options: Any) -> None:
+        inner = parse(inner) if isinstance(inner, str) else inner
+        if not isinstance(inner, Guidance):
+            raise TypeError(f"{self.name}() wraps a guidance expression, got {inner!r}")
+        known = {p.name: p for p in self.OPTIONS}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"{self.name} takes options {', '.join(known)}; got {', '.join(unknown)}")
+        self.inner = inner
+        self.options: dict[str, Any] = {
+            n: p.check(options[n], self.name) if n in options else p.default for n, p in known.items()
+        }
+        if GOOD_COND not in inner.all_branches:
+            have = ", ".join(b.key for b in inner.all_branches)
+            raise ValueError(f"{self.name}() needs the conditional branch good:cond in its guidance; "
+                             f"{describe(inner)} evaluates {have}")  # fmt: skip
+
+    # -- the algebra: inner's branches --------------------------------------------------------------------------
+    def branch_coefficients(self, level: float | None = None) -> dict[Branch, float]:
+        return self.inner.branch_coefficients(level)
+
+    def regimes(self) -> list[dict[Branch, float]]:
+        return self.inner.regimes()
+
+    def branch_sets(self) -> list[tuple[Branch, ...]]:
+        return self.inner.branch_sets()
+
+    def probe_levels(self) -> list[float]:
+        return self.inner.probe_levels()
+
+    @property
+    def needs_grid(self) -> bool:
+        return self.inner.needs_grid
+
+    def on_grid(self, levels: Sequence[float]) -> Guidance:
+        inner = self.inner.on_grid(levels)
+        return self if inner is self.inner else type(self)(inner, **self.options)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when these options make the operator return ``inner`` unchanged (e.g. ``rescale(G, phi=0)``)."""
+        return False
+
+    @property
+    def is_linear(self) -> bool:
+        return self.is_identity and self.inner.is_linear
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def strength(self, level: float | None) -> float:
+        """``c - 1`` with ``c`` the coefficient of ``good:cond`` in ``inner`` at ``level``: the guidance strength
+        that turns ``inner``'s update ``p_G - p_c`` into a direction ``(p_G - p_c) / (c - 1)`` (for ``cfg(w)``:
+        ``w - 1`` and ``p_c - p_null``; ``ag``: ``w - 1``; ``pg``: ``w1 + w2 - 1``; ``hg``: ``w1 w3 - 1``)."""
+        return self.inner.branch_coefficients(level).get(GOOD_COND, 0.0) - 1.0
+
+    def combine(self, predictions: Mapping[Branch, Any], step: GuidedStep) -> Any:
+        if self.is_identity or GOOD_COND not in predictions:
+            return self.inner.combine(predictions, step)
+        native = Prediction.parse(step.prediction)
+        space = self.options.get("space", "native")
+        target = native if space == "native" else Prediction.parse(space)
+        if target is native:
+            return self.apply(predictions, step)
+        a, b = space_map(native, target, step.terms)
+        x = step.x.to(predictions[GOOD_COND].dtype)
+        q = {br: a * x + b * p for br, p in predictions.items()}
+        out = self.apply(q, dataclasses.replace(step, prediction=target))
+        return (out - a * x) / b
+
+    def apply(self, q: Mapping[Branch, torch.Tensor], step: GuidedStep) -> torch.Tensor:
+        """The guided prediction from branch predictions ``q`` in the operator's space (``step.prediction``)."""
+        raise NotImplementedError
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+    def _changed(self) -> dict[str, Any]:
+        return {p.name: self.options[p.name] for p in self.OPTIONS if self.options[p.name] != p.default}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.name, "inner": self.inner.to_dict(), **self._changed()}
+
+    def spec(self) -> str:
+        opts = "".join(f",{k}={v if isinstance(v, str) else _fmt(v)}" for k, v in self._changed().items())
+        return f"{self.name}({self.inner.spec()}{opts})"
+
+
+class Rescale(Operation):
+    """Guidance rescale (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", arXiv
+    2305.08891, sec. 3.4): with ``p_G`` the guided and ``p_c`` the conditional prediction,
+
+        p_rescaled = p_G * std(p_c) / std(p_G)          (per sample)
+        p = phi * p_rescaled + (1 - phi) * p_G
+
+    The paper rescales the output of its v-prediction model (``space=v``, the default here); diffusers'
+    ``guidance_rescale`` acts on whatever the model predicts (``space=native``). ``phi = 0.7`` is the paper's value.
+    """
+
+    name = "rescale"
+    OPTIONS = (
+        Param("phi", 0.7, "number", help="share of the rescaled prediction (0: plain G)"),
+        _space_param("v", "Lin et al. rescale v predictions"),
+    )
+
+    @property
+    def is_identity(self) -> bool:
+        return self.options["phi"] == 0.0
+
+    def apply(self, q: Mapping[Branch, torch.Tensor], step: GuidedStep) -> torch.Tensor:
+        guided = self.inner.combine(q, step)
+        std_c, std_g = q[GOOD_COND].flatten(1).std(dim=1), guided.flatten(1).std(dim=1)
+        ratio = torch.where(std_g > 0, std_c / std_g, torch.ones_like(std_g))
+        phi = self.options["phi"]
+        return phi * (guided * _row(ratio, guided)) + (1.0 - phi) * guided
+
+
+class APG(Operation):
+    """Adaptive projected guidance (Sadat et al., "Eliminating oversaturation and artifacts of high guidance
+    scales in diffusion models", arXiv 2410.02416, ICLR 2025). With ``s = c - 1`` (:meth:`strength`) and the
+    direction ``d = (p_G - p_c) / s`` (for ``cfg(w)``: ``p_c - p_null``):
+
+        d <- d + beta * d_prev                       (momentum, state per sample and run; once per model stage)
+        d <- d * min(1, r / |d|)                     (norm cap; r = 0: none)
+        d_par = (<d, p_c> / |p_c|^2) p_c,  d_orth = d - d_par
+        p = p_c + s * (d_orth + eta * d_par)
+
+    The paper applies it to the denoised (x0) prediction (``space=x0``, the default). ``eta = 1``, ``r = 0``,
+    ``beta = 0`` give ``G`` back (then the linear fast path runs). Equals diffusers' ``AdaptiveProjectedGuidance(
+    guidance_scale=w - 1, use_original_formulation=True, eta, adaptive_projected_guidance_rescale=r,
+    adaptive_projected_guidance_momentum=beta)`` on ``space=native`` predictions. Where ``s = 0`` there is no
+    direction: ``G`` passes unchanged.
+    """
+
+    name = "apg"
+    OPTIONS = (
+        Param("eta", 0.0, "number", help="scale of the part parallel to p_c (paper: 0)"),
+        Param("r", 0.0, "number", help="cap on the direction's norm per sample (0: none)", minimum=0.0),
+        Param("beta", 0.0, "number", help="momentum of the direction (paper: negative, e.g. -0.5; 0: none)"),
+        _space_param("x0", "APG acts on denoised predictions"),
+    )
+
+    @property
+    def is_identity(self) -> bool:
+        o = self.options
+        return o["eta"] == 1.0 and o["r"] == 0.0 and o["beta"] == 0.0
+
+    def apply(self, q: Mapping[Branch, torch.Tensor], step: GuidedStep) -> torch.Tensor:
+        guided = self.inner.combine(q, step)
+        s = self.strength(step.level)
+        if abs(s) <= ZERO_TOL:
+            return guided
+        pc = q[GOOD_COND]
+        d = (guided - pc) / s
+        beta, r, eta = self.options["beta"], self.options["r"], self.options["eta"]
+        if beta != 0.0:
+            key = ("apg", id(self))
+            previous = step.state.get(key)
+            if previous is not None:
+                d = d + beta * previous
+            step.state[key] = d
+        if r > 0.0:
+            d = d * _row(torch.clamp(r / _row_norm(d), max=1.0), d)
+        unit = pc / _row(_row_norm(pc).clamp_min(APG_NORM_EPS), pc)
+        parallel = _row(_row_dot(d, unit), d) * unit
+        return pc + s * ((d - parallel) + eta * parallel)
+
+
+class ZeroStar(Operation):
+    """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: improved classifier-free guidance for flow matching models", arXiv
+    2503.18886): the unconditional velocity is scaled by the per-sample optimal ``s* = <v_c, v_u> / |v_u|^2``
+    (the least-squares fit of ``v_c`` by ``s v_u``) before CFG,
+
+        v = s* v_u + w (v_c - s* v_u),
+
+    and the first ``k`` steps output zero velocity (zero-init; diffusers' ``zero_init_steps``, default 1). Applied
+    to ``G`` by scaling every branch ``b`` other than ``good:cond`` by ``s*_b = <p_c, p_b> / (|p_b|^2 + 1e-8)`` and
+    combining as ``G`` does (for ``cfg(w)`` exactly the paper). Defined on the flow velocity (``space=velocity``,
+    the default). Equals diffusers' ``ClassifierFreeZeroStarGuidance(guidance_scale=w, zero_init_steps=k)``. The
+    zero-init steps still evaluate (and count) ``G``'s branches, as diffusers does; they bind to the sampling grid
+    like :func:`window` (step ``i`` = stages at levels in ``(l_{i+1}, l_i]``).
+    """
+
+    name = "zero_star"
+    OPTIONS = (
+        Param("k", 1, "number", help="steps with zero output at the start (zero-init)", minimum=0, integer=True),
+        _space_param("velocity", "CFG-Zero* scales flow velocities"),
+    )
+
+    def __init__(self, inner: Guidance | str, levels: Sequence[float] | None = None, **options: Any) -> None:
+        super().__init__(inner, **options)
+        self.levels = None if levels is None else tuple(float(v) for v in levels)
+        self._starts = None if levels is None else _step_starts(self.levels)
+
+    @property
+    def needs_grid(self) -> bool:
+        return (self.options["k"] > 0 and self._starts is None) or self.inner.needs_grid
+
+    def on_grid(self, levels: Sequence[float]) -> Guidance:
+        return ZeroStar(self.inner.on_grid(levels), levels, **self.options)
+
+    def apply(self, q: Mapping[Branch, torch.Tensor], step: GuidedStep) -> torch.Tensor:
+        pc = q[GOOD_COND]
+        k = self.options["k"]
+        if k > 0:
+            if self._starts is None:
+                raise ValueError("zero_star(k>0) needs the sampling grid: sample through Sampler/sample()")
+            if step_index(self._starts, step.level) < k:
+                return torch.zeros_like(pc)
+        scaled = {}
+        for b, p in q.items():
+            scaled[b] = p if b == GOOD_COND else _row(_row_dot(pc, p) / (_row_dot(p, p) + ZERO_STAR_EPS), p) * p
+        return self.inner.combine(scaled, step)
+
+
+class Mambo(Operation):
+    """MAMBO-G, magnitude-aware guidance (arXiv 2508.03442; diffusers' ``MagnitudeAwareGuidance``): the guidance
+    update is damped where it is large relative to the unconditional prediction. With ``s = c - 1``, the direction
+    ``d = (p_G - p_c) / s`` and the implied unconditional prediction ``p_u = p_c - d`` (for ``cfg(w)``: ``p_null``):
+
+        ratio = |d| / |p_u|                          (per sample)
+        p = p_c + exp(-alpha * ratio) * (p_G - p_c)
+
+    i.e. CFG at the scale ``1 + (w - 1) exp(-alpha ratio)``. Acts on the model's own prediction (``space=native``,
+    as diffusers). Equals ``MagnitudeAwareGuidance(guidance_scale=w, alpha)``; ``alpha = 0`` gives ``G`` back.
+    """
+
+    name = "mambo"
+    OPTIONS = (
+        Param("alpha", 8.0, "number", help="damping: larger suppresses large updates more", minimum=0.0),
+        _space_param("native", "diffusers applies it to the model output"),
+    )
+
+    @property
+    def is_identity(self) -> bool:
+        return self.options["alpha"] == 0.0
+
+    def apply(self, q: Mapping[Branch, torch.Tensor], step: GuidedStep) -> torch.Tensor:
+        guided = self.inner.combine(q, step)
+        s = self.strength(step.level)
+        if abs(s) <= ZERO_TOL:
+            return guided
+        pc = q[GOOD_COND]
+        update = guided - pc
+        d = update / s
+        ratio = _row_norm(d) / _row_norm(pc - d)
+        return pc + _row(torch.exp(-self.options["alpha"] * ratio), update) * update
+
+
+def rescale(inner: Guidance | str, phi: float = 0.7, space: str = "v") -> Guidance:
+    """Guidance rescale (Lin et al. 2024) around ``inner``: see :class:`Rescale`."""
+    return Rescale(inner, phi=phi, space=space)
+
+
+def apg(inner: Guidance | str, eta: float = 0.0, r: float = 0.0, beta: float = 0.0, space: str = "x0") -> Guidance:
+    """Adaptive projected guidance (Sadat et al. 2025) around ``inner``: see :class:`APG`."""
+    return APG(inner, eta=eta, r=r, beta=beta, space=space)
+
+
+def zero_star(inner: Guidance | str, k: int = 1, space: str = "velocity") -> Guidance:
+    """CFG-Zero* (Fan et al. 2025) around ``inner``: see :class:`ZeroStar`."""
+    return ZeroStar(inner, k=k, space=space)
+
+
+def mambo(inner: Guidance | str, alpha: float = 8.0, space: str = "native") -> Guidance:
+    """MAMBO-G magnitude-aware guidance around ``inner``: see :class:`Mambo`."""
+    return Mambo(inner, alpha=alpha, space=space)
+
+
+for _op, _build, _formula, _source in (
+    (Rescale, rescale, "phi G std(p_c)/std(G) + (1 - phi) G, per sample", "Lin et al. 2024 (arXiv 2305.08891)"),
+    (APG, apg, "p_c + s (d_orth + eta d_par), d = (G - p_c)/s with momentum beta and norm cap r, split along p_c",
+     "Sadat et al. 2025 (APG, arXiv 2410.02416)"),
+    (ZeroStar, zero_star, "G with every other branch p_b scaled by dot(p_c,p_b)/dot(p_b,p_b); 0 for the first k steps",
+     "Fan et al. 2025 (CFG-Zero*, arXiv 2503.18886)"),
+    (Mambo, mambo, "p_c + exp(-alpha norm(d)/norm(p_c - d)) (G - p_c), d = (G - p_c)/s", "MAMBO-G, arXiv 2508.03442"),
+):  # fmt: skip
+    register_operator(
+        Operator(_op.name, ("guidance",), _build, f"{_op.name}(G)", _formula, "nfe(G)", _op.OPTIONS, _source)
+    )
+
+
+def step_table(g: Guidance, levels: Sequence[float]) -> list[dict[str, Any]]:
+    """What ``g`` does on each step of a grid with noise ``levels`` (``t_0 .. t_N``), read at each step's first
+    stage: ``{"step", "level", "nfe", "coefficients" (branch key -> coefficient), "notes"}`` (``--explain``).
+    Non-linear operators list the coefficients of the branches they combine; ``notes`` names steps where an
+    operator does something the coefficients do not show (``zero_star``'s zero output)."""
+    bound = g.on_grid(levels)
+    rows = []
+    for i, level in enumerate(levels[:-1]):
+        rows.append({
+            "step": i,
+            "level": float(level),
+            "nfe": bound.nfe_at(level),
+            "coefficients": bound.coefficients(level),
+            "notes": _notes(bound, level),
+        })  # fmt: skip
+    return rows
+
+
+def _notes(g: Guidance, level: float) -> list[str]:
+    if isinstance(g, ZeroStar) and g._starts is not None and step_index(g._starts, level) < g.options["k"]:
+        return [f"{g.name}: zero output (first {g.options['k']} steps)", *_notes(g.inner, level)]
+    if isinstance(g, Operation):
+        return _notes(g.inner, level)
+    if isinstance(g, Window):
+        return _notes(g.inner, level) if g.active(level) else []
+    if isinstance(g, Interval):
+        return _notes(g.inner if g.active(level) else g.fallback, level)
+    if isinstance(g, Linear):
+        return [n for _, sub in g.terms for n in _notes(sub, level)]
+    return []
+
+
+def describe(g: Guidance) -> str:
+    """``g.spec()``, or a readable stand-in where no spec exists (a Python callable weight)."""
+    try:
+        return g.spec()
+    except SerializationError as e:
+        return f"<{type(g).__name__}: {e}>"
+
+
+def record(g: Guidance) -> dict[str, Any]:
+    """``g.to_dict()`` for run records (``SampleInfo.guidance``); a guidance with a Python callable weight, which has
+    no dict form, is recorded as ``{"type": "unserialisable", "reason": ...}`` (``from_dict`` rejects it)."""
+    try:
+        return g.to_dict()
+    except SerializationError as e:
+        return {"type": "unserialisable", "reason": str(e)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Serialization
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -889,6 +1695,12 @@ def from_dict(d: Mapping[str, Any]) -> Guidance:
         return Linear([(float(c), from_dict(g)) for c, g in d["terms"]])
     if kind == "interval":
         return Interval(from_dict(d["inner"]), d["lo"], d["hi"], from_dict(d["fallback"]))
+    if kind in OPERATORS:
+        return OPERATORS[kind].build(
+            from_dict(d["inner"]), **{k: v for k, v in d.items() if k not in ("type", "inner")}
+        )
+    if kind == "unserialisable":
+        raise ValueError(f"this guidance was not recorded (it had no dict form): {d.get('reason', '')}")
     if kind in PRESETS:
         return PRESETS[kind](**{k: v for k, v in d.items() if k != "type"})
     raise ValueError(f"unknown guidance type {kind!r} in {dict(d)}")
@@ -1036,6 +1848,8 @@ class _Parser:
         name = self.take(kind="name").lower()
         op = OPERATORS.get(name)
         if op is None and name not in _PRESET_ALIASES:
+            if name in SCHEDULES:
+                raise self.error(f"{name}(...) is a weight schedule; use it as a weight, e.g. cfg({name}(1,4))")
             raise self.error(f"unknown guidance {name!r}; known: {', '.join([*PRESETS, *OPERATORS])}")
         pos: list[Any] = []
         kw: dict[str, Any] = {}
@@ -1047,6 +1861,8 @@ class _Parser:
                     self.take("=")
                     if self.peek(kind="num") or self.peek("-"):
                         kw[key] = self.number()
+                    elif self.at_schedule():
+                        kw[key] = self.schedule()
                     else:
                         vals = [self.take(kind="name")]
                         while self.peek("+"):
@@ -1055,20 +1871,51 @@ class _Parser:
                         kw[key] = vals if len(vals) > 1 or key == "drop" else vals[0]
                 elif op is not None and len(pos) < len(op.args) and op.args[len(pos)].startswith("guidance"):
                     pos.append(self.expr())
+                elif op is None and self.at_schedule():
+                    pos.append(self.schedule())
                 else:
                     pos.append(self.number())
                 if not self.peek(")"):
                     self.take(",")
             self.take(")")
         try:
+            # diffusers-style start/stop on any preset or operator: sugar for window(...)
+            steps = {k: kw.pop(k) for k in ("start", "stop") if k in kw} if name != "window" else {}
             if op is not None:
                 required = sum(not a.endswith("?") for a in op.args)
-                if not required <= len(pos) <= len(op.args) or kw:
-                    raise ValueError(f"{name} takes ({', '.join(op.args)}) arguments")
-                return op.build(*pos)
-            return preset(name)(*pos, **kw)
+                options = {p.name for p in op.options}
+                if not required <= len(pos) <= len(op.args) or set(kw) - options:
+                    extra = f" and options {', '.join(sorted(options))}" if options else ""
+                    raise ValueError(f"{name} takes ({', '.join(op.args)}) arguments{extra}")
+                g = op.build(*pos, **kw)
+            else:
+                g = preset(name)(*pos, **kw)
+            return Window(g, **steps) if steps else g
         except (TypeError, ValueError) as e:
             raise self.error(str(e)) from None
+
+    def at_schedule(self) -> bool:
+        """Whether a weight schedule call (``linear(1,4)``) starts here."""
+        return (
+            self.peek(kind="name")
+            and self.toks[self.i][1].lower() in SCHEDULES
+            and self.i + 1 < len(self.toks)
+            and self.toks[self.i + 1][1] == "("
+        )
+
+    def schedule(self) -> Any:
+        """A weight schedule call: ``name(number, ...)``."""
+        name = self.take(kind="name").lower()
+        self.take("(")
+        args = []
+        while not self.peek(")"):
+            args.append(self.number())
+            if not self.peek(")"):
+                self.take(",")
+        self.take(")")
+        if len(args) != SCHEDULE_ARITY[name]:
+            raise self.error(f"{name}() takes {SCHEDULE_ARITY[name]} numbers, got {len(args)}")
+        return SCHEDULES[name](*args)
 
 
 def parse(spec: str | Guidance | Mapping[str, Any] | None) -> Guidance:
@@ -1076,7 +1923,9 @@ def parse(spec: str | Guidance | Mapping[str, Any] | None) -> Guidance:
 
     Accepts ``"none"``, ``"cfg(4.5)"``, ``"cfg(4.5,drop=text)"``, ``"ag(2)"``, ``"pg(2.7,0.15)"``,
     ``"hg(2.7,2.5,1.2)"``, ``"hg(1.5,1.5,2,order=ag)"``, bare names (``"hg"`` = paper defaults),
-    ``"multi_cfg(video=3,text=2)"``, intervals ``"cfg(4.5)@[0.2,0.8]"``, branch keys (``"bad:cond"``), linear
+    ``"multi_cfg(video=3,text=2)"``, intervals ``"cfg(4.5)@[0.2,0.8]"``, step windows ``"cfg(4.5,start=0.2)"`` /
+    ``"window(hg,stop=0.8)"``, scheduled weights ``"cfg(linear(1,4))"``, operators ``"apg(cfg(7),eta=0)"``,
+    ``"rescale(hg,phi=0.7)"``, ``"zero_star(cfg(4))"``, ``"mambo(cfg(10))"``, branch keys (``"bad:cond"``), linear
     combinations ``"0.5*cfg(3)+0.5*ag(2)"``, a dict from :meth:`Guidance.to_dict` (or its JSON text), or a
     guidance object. Every weight and every branch coefficient must be finite, and the result must evaluate at
     least one branch; anything else is a one-line ``ValueError``.
@@ -1113,7 +1962,7 @@ def _from_data(data: Mapping[str, Any] | str, text: str | None) -> Guidance:
 def check_branches(g: Guidance, text: str | None = None) -> Guidance:
     """``g``, or ``ValueError`` when every branch coefficient cancels (``0*cfg(3)``, ``cfg(3)-cfg(3)``) or a
     coefficient overflows (``1e308*cfg(1e308)``: finite weights, infinite coefficients)."""
-    label = _shown(text or g.spec())
+    label = _shown(text or describe(g))
     for regime in g.regimes():
         for branch, c in regime.items():
             if not math.isfinite(c):
@@ -1132,7 +1981,11 @@ def presets() -> list[tuple[str, str, str]]:
         example = p(**{"a": 2.0, "b": 3.0}) if p.variadic else p()
         note = p.source + (f"; {p.options()}" if p.options() else "")
         rows.append((p.signature(), f"{p.formula}   [{note}]", str(example.nfe_per_step)))
-    rows += [(op.signature, op.formula, op.nfe) for op in OPERATORS.values()]
+    for op in OPERATORS.values():
+        note = "; ".join(x for x in (op.source, op.options_text()) if x)
+        rows.append((op.signature, op.formula + (f"   [{note}]" if note else ""), op.nfe))
+    rows += [(sig, f"{formula}   [a weight schedule: any preset weight]", "-")
+             for sig, formula in SCHEDULE_FORMULAS.values()]  # fmt: skip
     return rows
 
 
@@ -1144,7 +1997,10 @@ def markdown_table() -> str:
         options = f"`{p.options()}`" if p.options() else ""
         lines.append(f"| `{p.signature()}` | {options} | {p.formula} | {p.source} | {example.nfe_per_step} |")
     for op in OPERATORS.values():
-        lines.append(f"| `{op.signature}` | | {op.formula} | | {op.nfe} |")
+        options = f"`{op.options_text()}`" if op.options else ""
+        lines.append(f"| `{op.signature}` | {options} | {op.formula} | {op.source} | {op.nfe} |")
+    for sig, formula in SCHEDULE_FORMULAS.values():
+        lines.append(f"| `{sig}` | | {formula} | weight schedule (any preset weight) | - |")
     return "\n".join(lines)
 
 
@@ -1182,7 +2038,7 @@ def resolve(spec: str | Guidance | Mapping[str, Any] | None, model: Any = None, 
         g = parse(spec)
     if g.needs_bad_model and bad is None:
         keys = ", ".join(b.key for b in g.all_branches if b.role == "bad")
-        raise ValueError(f"guidance {g.spec()} needs a bad model (branches {keys}); pass a bad model")
+        raise ValueError(f"guidance {describe(g)} needs a bad model (branches {keys}); pass a bad model")
     if amg is not None:
         strength = g.cond_strength()
         if strength > AMG_WARN_CFG:

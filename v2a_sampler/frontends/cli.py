@@ -28,6 +28,7 @@ from rich.table import Table
 from .. import __version__
 from ..core import guidance as G
 from ..core import solvers
+from ..core.denoisers import FlowSchedule
 from ..errors import error_line, printable
 from ..pipelines.config import DTYPES, STEPS_WARN, ConfigError, RunConfig
 from .common import EXIT_RUNTIME, EXIT_USAGE, MUX_SUFFIX, ProgressLines, captured_warnings, exit_code
@@ -88,7 +89,9 @@ def _list_solvers() -> None:
     out.print(table)
 
 
-def _explain(g: G.Guidance) -> None:
+def _explain(g: G.Guidance, steps: int) -> None:
+    """Branch coefficients and NFE of ``g``; where they vary over the run (weight schedules, windows, intervals,
+    zero_star's zero-init), also per step of the pipelines' uniform flow grid with ``steps`` steps."""
     table = Table(title=escape(f"{g.spec()}  ({g.nfe_per_step} NFE/step, affine={g.is_affine})"))
     table.add_column("branch")
     table.add_column("coefficient", justify="right")
@@ -97,6 +100,21 @@ def _explain(g: G.Guidance) -> None:
     out.print(table)
     if isinstance(g, G.Interval):
         out.print(f"Outside noise levels [{g.lo:g}, {g.hi:g}]: {g.fallback.spec()}", markup=False)
+    if not g.is_linear:
+        out.print(f"Non-linear: {g.spec()} combines these branches (formula: --list-guidance).", markup=False)
+    schedule = FlowSchedule()
+    levels = [schedule.terms(float(t)).noise_level for t in solvers.get_timesteps(schedule, steps)]
+    rows = G.step_table(g, levels)
+    if all((r["coefficients"], r["notes"]) == (rows[0]["coefficients"], rows[0]["notes"]) for r in rows):
+        return
+    keys = [b.key for b in g.all_branches]
+    per_step = Table(title=f"Per step ({steps} steps, uniform flow grid; first stage of each step)")
+    for col in ("step", "noise level", "NFE", *keys, "note"):
+        per_step.add_column(escape(col), justify="left" if col == "note" else "right")
+    for r in rows:
+        cells = [f"{r['coefficients'][k]:+.4g}" if k in r["coefficients"] else "-" for k in keys]
+        per_step.add_row(str(r["step"]), f"{r['level']:.3f}", str(r["nfe"]), *cells, escape("; ".join(r["notes"])))
+    out.print(per_step)
 
 
 def expand_inputs(args: list[str]) -> list[Path]:
@@ -179,23 +197,14 @@ def _check_matplotlib() -> None:
         raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
 
 
-def _save_spectrogram(mel, path: Path, title: str, overwrite: bool) -> None:
-    import matplotlib
+def _save_spectrogram(mel, axes, path: Path, title: str, overwrite: bool) -> None:
+    """The log-mel as a PNG with seconds and Hz axes (:func:`v2a_sampler.frontends.plots.save_spectrogram`)."""
+    from .plots import PlotUnavailable, save_spectrogram
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..media.io import atomic_output
-
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("frame")
-    ax.set_ylabel("mel band")
-    fig.tight_layout()
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        save_spectrogram(mel, axes, path, title, overwrite=overwrite)
+    except PlotUnavailable:
+        raise CliError("--spectrogram needs matplotlib (pip install matplotlib)") from None
 
 
 @app.command()
@@ -221,13 +230,22 @@ def main(
         ),  # fmt: skip
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default: 25).", show_default=False)] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            help="Time grid: uniform, shifted (flow shift: -O shift=3) or karras (-O rho=7, -O sigma_min=..., "
+            "-O sigma_max=...; flow models need sigma_max). Default: the model's (uniform for flow models).",
+            show_default=False,
+        ),
+    ] = None,
     option: Annotated[
         list[str] | None,
         typer.Option(
             "--option",
             "-O",
-            help="Solver or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde; "
-            "griffin_lim_iters=32 for the embedded model).",
+            help="Solver, grid or pipeline option NAME=VALUE, repeatable (e.g. eta=0.5 for dpmpp_2m_sde, s_churn=1 "
+            "for heun_edm, brownian=1 for Brownian-tree noise, rho=5 with --grid karras; griffin_lim_iters=32 for "
+            "the embedded model).",
             show_default=False,
         ),
     ] = None,
@@ -317,9 +335,13 @@ def main(
     try:
         config = RunConfig(model=model, bad_model=bad_model, device=device, dtype=dtype, compile=compile_model,
                            guidance=guidance, solver=solver, steps=steps, seed=seed, duration=duration,
-                           options=_options(option), strict=strict)  # fmt: skip
+                           options={**_options(option), **({"grid": grid} if grid is not None else {})},
+                           strict=strict)  # fmt: skip
         if explain:
-            _explain(G.parse(config.guidance or _default_guidance(config)))
+            _explain(
+                G.parse(config.guidance or _default_guidance(config)),
+                config.steps or _pipeline_class(config).default_steps,
+            )
             return
         if config.steps is not None and config.steps > STEPS_WARN:
             _warn(f"--steps {config.steps} is far beyond where quality saturates (a few dozen); this run will be "
@@ -364,11 +386,19 @@ def _options(items: list[str] | None) -> dict[str, int | float]:
     return out
 
 
+def _pipeline_class(config: RunConfig):
+    """The pipeline class ``config`` would load (without loading it)."""
+    from ..pipelines.embedded import Pipeline
+    from ..pipelines.mmaudio import MMAudioPipeline
+
+    return MMAudioPipeline if config.is_mmaudio else Pipeline
+
+
 def _default_guidance(config: RunConfig) -> str:
     """The default guidance of the pipeline ``config`` would load (reading the model's config, not its weights)."""
-    from ..models import load_config
+    from ..models import EMBEDDED_MODELS, embedded_model_path, load_config
     from ..pipelines.config import NO_BAD_MODEL
-    from ..pipelines.embedded import EMBEDDED_MODELS, default_guidance_for, embedded_model_path
+    from ..pipelines.embedded import default_guidance_for
     from ..pipelines.mmaudio import MMAudioPipeline
 
     if config.is_mmaudio:
@@ -432,21 +462,21 @@ def _run(config: RunConfig, videos, out_path, mux, overwrite, text, spectrogram,
         for i, (src, (wav, mp4)) in enumerate(zip(inputs, plans, strict=True)):
             t0 = time.perf_counter()
             task = progress.add_task(f"{src.name}", total=plan.stages)
-            state = {"done": 0}
 
-            def tick(_info, task=task, src=src, state=state):
-                progress.advance(task)
-                state["done"] += 1
+            def tick(done: int, total: int, task=task, src=src) -> None:
+                progress.update(task, completed=done)
                 if lines is not None:
-                    lines.update(src.name, state["done"], plan.stages, "solver stages")
+                    lines.update(src.name, done, total, "solver stages")
 
             written: list[Path] = []
             warned: list[tuple[type[Warning], str]] = []
             try:
                 with captured_warnings() as warned:
-                    audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, callback=tick,
+                    audio = pipe.generate(src, plan, seed=config.seed + i, duration=config.duration, progress=tick,
                                           **text)  # fmt: skip
-                    _write_outputs(audio, src, wav, mp4, pngs[i] if pngs else None, plan, overwrite, written)
+                    _write_outputs(
+                        audio, src, wav, mp4, pngs[i] if pngs else None, plan, overwrite, written, pipe.mel_axes
+                    )
             except (ValueError, RuntimeError, FloatingPointError, OSError) as e:
                 _report_warnings(warned, src in partial)
                 for p in written:  # this input's files written before the failure: none is left behind
@@ -502,7 +532,7 @@ def _report_warnings(warned: list[tuple[type[Warning], str]], already_partial: b
 
 
 def _write_outputs(audio, src: Path, wav: Path, mp4: Path | None, png: Path | None, plan, overwrite: bool,
-                   written: list[Path]) -> None:  # fmt: skip
+                   written: list[Path], axes=None) -> None:  # fmt: skip
     """Write one input's files, appending each to ``written`` as soon as it exists."""
     wav.parent.mkdir(parents=True, exist_ok=True)
     audio.save(wav, overwrite=overwrite)
@@ -512,7 +542,7 @@ def _write_outputs(audio, src: Path, wav: Path, mp4: Path | None, png: Path | No
         written.append(mp4)
     if png is not None:
         png.parent.mkdir(parents=True, exist_ok=True)
-        _save_spectrogram(audio.mel, png, f"{src.name}  {plan.guidance.spec()}", overwrite)
+        _save_spectrogram(audio.mel, axes, png, f"{src.name}  {plan.guidance.spec()}", overwrite)
         written.append(png)
 
 

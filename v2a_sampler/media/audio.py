@@ -8,6 +8,7 @@
   fast Griffin-Lim algorithm (Perraudin et al., 2013); :func:`mel_to_magnitude` is its non-negative least-squares
   mel inversion and :func:`log_mel_to_audio` chains them.
 * :func:`spectral_convergence`: ``|| |S_ref| - |S_est| ||_F / || |S_ref| ||_F``, the usual reconstruction score.
+* :class:`MelAxes`: where a mel spectrogram's rows and columns lie in Hz and seconds (for plots with real axes).
 
 Spectrograms are ``[..., freq, frames]``; audio is ``[..., samples]``.
 """
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "MelAxes",
     "griffin_lim",
     "hz_to_mel",
     "log_mel",
@@ -259,3 +262,51 @@ def spectral_convergence(reference: torch.Tensor, estimate: torch.Tensor, n_fft:
     ref = stft_magnitude(torch.as_tensor(reference)[..., :n], n_fft, hop)
     est = stft_magnitude(torch.as_tensor(estimate)[..., :n], n_fft, hop)
     return float(torch.linalg.vector_norm(ref - est) / torch.linalg.vector_norm(ref).clamp(min=TINY))
+
+
+@dataclass(frozen=True)
+class MelAxes:
+    """The geometry of a mel spectrogram ``[n_mels, frames]``: band ``i`` is the filter of
+    :func:`mel_filterbank` centred on mel point ``i + 1`` of ``n_mels + 2`` points evenly spaced in mels over
+    ``[f_min, f_max]``, and frame ``k`` is centred on sample ``(k + frame_offset) * hop``.
+
+    ``frame_offset`` is 0 for a centred STFT (``torch.stft(center=True)``, the embedded model's :func:`log_mel`) and
+    0.5 where the signal is padded by ``(n_fft - hop) / 2`` on each side and framed without centring (MMAudio's and
+    BigVGAN's mel).
+    """
+
+    sample_rate: int
+    hop: int
+    n_mels: int
+    f_min: float = 0.0
+    f_max: float | None = None
+    scale: str = "slaney"
+    frame_offset: float = 0.0
+
+    @property
+    def top_hz(self) -> float:
+        """``f_max``, or the Nyquist frequency when it is ``None``."""
+        return self.sample_rate / 2.0 if self.f_max is None else float(self.f_max)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop
+
+    def mel_points(self) -> torch.Tensor:
+        """The ``n_mels + 2`` mel-scale points (float64) the filters are built on."""
+        lo, hi = hz_to_mel(self.f_min, self.scale).item(), hz_to_mel(self.top_hz, self.scale).item()
+        return torch.linspace(lo, hi, self.n_mels + 2, dtype=torch.float64)
+
+    def band_hz(self) -> torch.Tensor:
+        """Centre frequency in Hz of each band ``[n_mels]`` (float64), where its filter peaks."""
+        return mel_to_hz(self.mel_points()[1:-1], self.scale)
+
+    def band_of(self, hz: torch.Tensor | float) -> torch.Tensor:
+        """Fractional band index of frequencies ``hz`` (``i`` at band ``i``'s centre; linear in mels)."""
+        points = self.mel_points()
+        return (hz_to_mel(hz, self.scale) - points[1]) / (points[1] - points[0])
+
+    def frame_seconds(self, frames: int) -> torch.Tensor:
+        """Centre time in seconds of each of ``frames`` frames (float64)."""
+        return (torch.arange(frames, dtype=torch.float64) + self.frame_offset) * self.hop / self.sample_rate

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .audio import griffin_lim, log_mel, mel_filterbank
+from .audio import MelAxes, griffin_lim, log_mel, mel_filterbank
 
 #: Griffin-Lim iterations used to decode generated mels (quality saturates around 32-64 on this material).
 DEFAULT_GL_ITERS = 48
@@ -39,6 +39,11 @@ class AudioSpec:
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop
+
+    @property
+    def mel_axes(self) -> MelAxes:
+        """Hz of each mel band and seconds of each frame of :meth:`log_mel` (a centred STFT)."""
+        return MelAxes(self.sample_rate, self.hop, self.n_mels, self.f_min, self.f_max)
 
     def num_frames(self, duration: float) -> int:
         """Mel frames covering ``duration`` seconds (``center=True`` STFT framing)."""

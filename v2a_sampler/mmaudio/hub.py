@@ -24,12 +24,14 @@ from typing import Any
 
 from ..models.registry import hub_settings, hub_unreachable, save_pretrained
 from .checkpoints import CheckpointError, load_into, read_state_dict
+from .clip import DFN5B_HUB_ID
 from .network import STALE_KEYS, VARIANTS, MMAudio
 
 REPO_ID = "hkchengrex/MMAudio"
 RELEASE = "https://github.com/hkchengrex/MMAudio/releases/download/v0.1"
 BIGVGAN_44K_REPO = "nvidia/bigvgan_v2_44khz_128band_512x"
 HASH_CHUNK = 1 << 24  # bytes read at a time while hashing (16 MiB)
+HF_HUB_PREFIX = "hf-hub:"  # open_clip's prefix of model names that live on the hub
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,34 @@ def files_for(variant: str) -> dict[str, str]:
     rate = "16k" if variant.endswith("16k") else "44k"
     vocoder = "bigvgan_16k" if rate == "16k" else "bigvgan_v2_44k"
     return {"network": variant, "vae": f"vae_{rate}", "vocoder": vocoder, "synchformer": "synchformer"}
+
+
+#: open_clip's files in a hub repo (``hf-hub:`` model names): the config, and the weights in either format.
+CLIP_CONFIG_FILE = "open_clip_config.json"
+CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def missing_from_cache(
+    variant: str, cache_dir: str | os.PathLike | None = None, clip_name: str = DFN5B_HUB_ID
+) -> list[str]:
+    """``repo/filename`` of every file that loading ``variant`` needs and the local hub cache lacks (empty: it loads
+    offline). Checks the cache only (no network, no checksums): the flow network, VAE, vocoder, Synchformer and
+    the CLIP model ``clip_name`` (an open_clip ``hf-hub:`` name)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache, _ = hub_settings(cache_dir, None)
+
+    def cached(repo_id: str, filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache), str)
+
+    missing = [f"{FILES[k].repo_id}/{FILES[k].filename}" for k in files_for(variant).values()
+               if not cached(FILES[k].repo_id, FILES[k].filename)]  # fmt: skip
+    clip_repo = clip_name.removeprefix(HF_HUB_PREFIX)
+    if not cached(clip_repo, CLIP_CONFIG_FILE):
+        missing.append(f"{clip_repo}/{CLIP_CONFIG_FILE}")
+    if not any(cached(clip_repo, name) for name in CLIP_WEIGHT_FILES):
+        missing.append(f"{clip_repo}/{CLIP_WEIGHT_FILES[0]}")
+    return missing
 
 
 def md5sum(path: str | os.PathLike) -> str:

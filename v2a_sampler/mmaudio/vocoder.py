@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from ..media.audio import MelAxes
 from .checkpoints import CheckpointError, load_into, read_checkpoint
 from .vae import VAE_CONFIGS, AudioVAE, load_vae
 
@@ -124,6 +125,12 @@ BIGVGAN_V2_44K = BigVGANConfig(
 )
 #: The vocoder of each MMAudio mode.
 VOCODER_CONFIGS: dict[str, BigVGANConfig] = {"16k": BIGVGAN_16K, "44k": BIGVGAN_V2_44K}
+#: Top of the mel scale of each mode (Hz): the official ``mel_converter.py`` uses ``fmax=8000`` at 16 kHz and the
+#: Nyquist frequency at 44.1 kHz (both with ``fmin=0`` and librosa's Slaney mel filters).
+MEL_F_MAX: dict[str, float] = {"16k": 8000.0, "44k": 22050.0}
+#: Official mel frames are padded by ``(n_fft - hop) / 2`` per side and not centred: frame ``k`` is centred on sample
+#: ``(k + 1/2) * hop``.
+MEL_FRAME_OFFSET = 0.5
 #: Official file names of the vocoders (both ``{"generator": state_dict}``).
 VOCODER_FILES = {"16k": "best_netG.pt", "44k": "bigvgan_generator.pt"}
 
@@ -459,6 +466,12 @@ class MMAudioDecoder(nn.Module):
     def hop_length(self) -> int:
         """Waveform samples per mel frame (256 at 16 kHz, 512 at 44.1 kHz)."""
         return self.vocoder.hop_length
+
+    @property
+    def mel_axes(self) -> MelAxes:
+        """Hz of each band and seconds of each frame of :meth:`mel` (the official mel converter of this mode)."""
+        return MelAxes(self.sampling_rate, self.hop_length, self.vocoder.config.num_mels, 0.0, MEL_F_MAX[self.mode],
+                       frame_offset=MEL_FRAME_OFFSET)  # fmt: skip
 
     @property
     def latent_downsample(self) -> int:

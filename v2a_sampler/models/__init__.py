@@ -12,11 +12,13 @@ from .base import DenoiserModule, schedule_terms, time_from_noise_level
 from .mlp import NULL_LABEL, ToyMLP  # importing registers "mlp"
 from .registry import (
     CONFIG_NAME,
+    EMBEDDED_MODELS,
     PIPELINE_CONFIG_NAME,
     WEIGHTS_NAME,
     architecture_name,
     architectures,
     build,
+    embedded_model_path,
     from_pretrained,
     get_architecture,
     load_config,
@@ -38,6 +40,8 @@ __all__ = [
     "architecture_name",
     "architectures",
     "build",
+    "EMBEDDED_MODELS",
+    "embedded_model_path",
     "from_pretrained",
     "get_architecture",
     "load_config",

@@ -209,12 +209,17 @@ def perturb(network: nn.Module, perturbation: Perturbation, rows: torch.Tensor |
                 return _select(rows, v, output)
             if not in_layers(index) or not (p.attn_dropout or p.blur):
                 return output
-            qq = _blur_queries(q, p.blur) if p.blur else q
             drop = None
             if p.attn_dropout:
                 drop = _pattern((q.shape[1], q.shape[2], k.shape[2]), p.attn_dropout, p.seed, q.device,
                                 salt=2 * index + 1)  # fmt: skip
-            return _select(rows, _manual_attention(qq, k, v, drop), output)
+            if rows is None:
+                return _manual_attention(_blur_queries(q, p.blur) if p.blur else q, k, v, drop)
+            sel = rows.nonzero().squeeze(1)  # only the perturbed rows pay for the manual attention
+            qs = q.index_select(0, sel)
+            out = output.clone()
+            out[sel] = _manual_attention(_blur_queries(qs, p.blur) if p.blur else qs, k[sel], v[sel], drop)
+            return out
 
         return hook
 

@@ -62,6 +62,19 @@ _UNREACHABLE: dict[tuple[str, int], str | None] = {}  # hub_unreachable's verdic
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+#: Models shipped inside the package, by name: the embedded model (with its bad model) and its AMG-trained variant
+#: (MGAudio's objective, sampled with a small extra CFG). ``Pipeline.from_pretrained(name)`` loads them.
+EMBEDDED_MODELS = {"embedded": "v2a_default", "embedded-amg": "v2a_amg"}
+
+
+def embedded_model_path(name: str = "embedded") -> Path:
+    """Folder of a model shipped inside the package (:data:`EMBEDDED_MODELS`; the embedded model's bad model is in
+    its ``bad/``)."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; shipped: {', '.join(EMBEDDED_MODELS)}")
+    return Path(__file__).resolve().parent.parent / "assets" / EMBEDDED_MODELS[name]
+
+
 def register_architecture(name: str, cls: type[DenoiserModule]) -> type[DenoiserModule]:
     """Register ``cls`` under ``name`` so that saved folders naming it can be rebuilt; returns ``cls``."""
     if not (isinstance(cls, type) and issubclass(cls, DenoiserModule)):

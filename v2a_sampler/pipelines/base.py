@@ -4,8 +4,9 @@ A pipeline turns videos (and, where the model has a text condition, prompts) int
 manifest runs, benchmarks) use pipelines only through :class:`V2APipeline`:
 
 * facts: :attr:`~V2APipeline.conditions`, :attr:`~V2APipeline.default_guidance` / ``default_solver`` /
-  ``default_steps``, :attr:`~V2APipeline.sample_rate`, :attr:`~V2APipeline.pipeline_options` (model-specific
-  generation settings, e.g. the embedded model's Griffin-Lim iterations), :meth:`~V2APipeline.describe`;
+  ``default_steps``, :attr:`~V2APipeline.sample_rate`, :attr:`~V2APipeline.mel_axes` (Hz and seconds of
+  ``GeneratedAudio.mel``), :attr:`~V2APipeline.pipeline_options` (model-specific generation settings, e.g. the
+  embedded model's Griffin-Lim iterations), :meth:`~V2APipeline.describe`;
 * :meth:`~V2APipeline.plan`: a :class:`~v2a_sampler.pipelines.config.RunConfig` resolved once for this pipeline's
   models (model-aware guidance default and checks, solver and its options) into a :class:`RunPlan`;
 * :meth:`~V2APipeline.load_video` and :meth:`~V2APipeline.generate`: inputs read, then sampled in batches of equal
@@ -28,8 +29,9 @@ from typing import Any
 import torch
 
 from ..core import guidance as G
-from ..core.solvers import Sampler
+from ..core.solvers import Progress, Sampler
 from ..media import io
+from ..media.audio import MelAxes
 from .config import RunConfig
 
 #: Keys of every ``GeneratedAudio.info``: what produced the audio (the sampler's record, the seed, the duration in
@@ -191,6 +193,11 @@ class V2APipeline(abc.ABC):
         """Samples per second of the generated audio."""
 
     @property
+    def mel_axes(self) -> MelAxes | None:
+        """Where the rows and columns of :attr:`GeneratedAudio.mel` lie in Hz and seconds (``None``: unknown)."""
+        return None
+
+    @property
     def supports_text(self) -> bool:
         """Whether the model has a text condition (prompts and negative prompts)."""
         return "text" in self.conditions
@@ -278,6 +285,7 @@ class V2APipeline(abc.ABC):
         negative_prompt: Prompts = None,
         callback: Callback | None = None,
         strict: bool = False,
+        progress: Progress | None = None,
         **options: Any,
     ) -> GeneratedAudio | list[GeneratedAudio]:
         """Soundtracks for a video path or frames (or a list of them): :meth:`plan` then :meth:`generate`.
@@ -289,7 +297,7 @@ class V2APipeline(abc.ABC):
         """
         plan = self.plan(RunConfig(guidance=guidance, solver=solver, steps=steps, options=options, strict=strict))
         return self.generate(video, plan, seed=seed, duration=duration, prompt=prompt,
-                             negative_prompt=negative_prompt, callback=callback)  # fmt: skip
+                             negative_prompt=negative_prompt, callback=callback, progress=progress)  # fmt: skip
 
     @torch.no_grad()
     def generate(
@@ -302,9 +310,12 @@ class V2APipeline(abc.ABC):
         prompt: Prompts = None,
         negative_prompt: Prompts = None,
         callback: Callback | None = None,
+        progress: Progress | None = None,
     ) -> GeneratedAudio | list[GeneratedAudio]:
         """Generate with a resolved :class:`RunPlan`: inputs are read (or taken as frames), grouped by length and
-        sampled in batches; ``prompt`` / ``negative_prompt`` are one string for all items or one per item."""
+        sampled in batches; ``prompt`` / ``negative_prompt`` are one string for all items or one per item.
+        ``callback`` gets the solver's per-step dict, ``progress(stages done, stages)`` is called after every
+        denoiser stage of each batch (see :func:`v2a_sampler.solvers.sample`)."""
         single = self._is_single(video)
         videos = [video] if single else list(video)
         if not videos:
@@ -326,7 +337,7 @@ class V2APipeline(abc.ABC):
         results: list[GeneratedAudio | None] = [None] * n
         for idx in groups.values():
             group = [items[i] for i in idx]
-            waves, mels, info = self._sample(group, plan, callback)
+            waves, mels, info = self._sample(group, plan, callback, progress)
             for i, item, wave, mel in zip(idx, group, waves, mels, strict=True):
                 meta = {k: v for k, v in info.to_dict().items() if k != "timesteps"}
                 meta.update(seed=item.seed, duration=item.duration, model=self.name, prompt=item.prompt,
@@ -339,7 +350,9 @@ class V2APipeline(abc.ABC):
         return (item.frames is None, round(item.duration, 6))
 
     @abc.abstractmethod
-    def _sample(self, items: list[_Item], plan: RunPlan, callback: Callback | None) -> tuple[list, list, Any]:
+    def _sample(
+        self, items: list[_Item], plan: RunPlan, callback: Callback | None, progress: Progress | None = None
+    ) -> tuple[list, list, Any]:
         """One batch of equal-length items: waveforms ``[N]`` (float32, CPU), mels, and the sampler's
         :class:`~v2a_sampler.solvers.SampleInfo`."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,9 @@ import torch
 from ..core.guidance import AMG_DEFAULT_CFG
 from ..errors import error_line
 from ..media import io
+from ..media.audio import MelAxes
 from ..media.specs import DEFAULT_GL_ITERS, AudioSpec, VideoSpec
-from ..models import PIPELINE_CONFIG_NAME, resolve_folder
+from ..models import EMBEDDED_MODELS, PIPELINE_CONFIG_NAME, embedded_model_path, resolve_folder
 from ..models import from_pretrained as load_model
 from ..models import save_pretrained as save_model
 from ..models.perturb import PerturbedDenoiser, perturbed
@@ -42,16 +42,6 @@ BAD_SUBFOLDER = "bad"
 READ_SCALE = 3
 #: The Hugging Face repo of the official MMAudio checkpoints (loaded by :class:`MMAudioPipeline`).
 MMAUDIO_REPO = "hkchengrex/MMAudio"
-#: Models shipped inside the package, by name: the embedded model (with its bad model) and its AMG-trained variant
-#: (MGAudio's objective, sampled with a small extra CFG). ``Pipeline.from_pretrained(name)`` loads them.
-EMBEDDED_MODELS = {"embedded": "v2a_default", "embedded-amg": "v2a_amg"}
-
-
-def embedded_model_path(name: str = "embedded") -> Path:
-    """Folder of a model shipped inside the package (:data:`EMBEDDED_MODELS`; default: the embedded model)."""
-    if name not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {name!r}; shipped: {', '.join(EMBEDDED_MODELS)}")
-    return Path(str(resources.files("v2a_sampler") / "assets" / EMBEDDED_MODELS[name]))
 
 
 def default_guidance_for(amg_weight: float | None, has_bad: bool) -> str:
@@ -112,6 +102,10 @@ class Pipeline(V2APipeline):
     def default_guidance(self) -> str:  # type: ignore[override]
         """The guidance of a run that names none: :func:`default_guidance_for` this pipeline's models."""
         return default_guidance_for(self.model.amg_weight, self.bad is not None)
+
+    @property
+    def mel_axes(self) -> MelAxes:
+        return self.audio_spec.mel_axes
 
     # -- loading and saving --------------------------------------------------------------------------------------
     @classmethod
@@ -214,7 +208,7 @@ class Pipeline(V2APipeline):
     def _group_key(self, item: Any) -> Any:
         return (self.audio_spec.num_frames(item.duration), item.frames.shape[0])
 
-    def _sample(self, items: list, plan: RunPlan, callback: Any) -> tuple[list, list, Any]:
+    def _sample(self, items: list, plan: RunPlan, callback: Any, progress: Any = None) -> tuple[list, list, Any]:
         frames = torch.stack([item.frames for item in items]).to(self.device)
         n_frames = self.audio_spec.num_frames(items[0].duration)
         cond = self.model.encode_conditions({"video": frames})
@@ -225,7 +219,7 @@ class Pipeline(V2APipeline):
             bad_cond = self.bad.encode_conditions({"video": frames}) if needs_bad else None
         seeds = [item.seed for item in items]
         noise, gens = seeded_noise((self.audio_spec.n_mels, n_frames), seeds, self.device, self.dtype)
-        z, info = plan.sampler(noise, cond, bad_cond=bad_cond, generator=gens, callback=callback)
+        z, info = plan.sampler(noise, cond, bad_cond=bad_cond, generator=gens, callback=callback, progress=progress)
         check_finite(z)
         waves, mels = [], []
         for k, item in enumerate(items):

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..media.audio import MelAxes
 from ..mmaudio import hub
 from ..mmaudio.clip import DFN5B_HUB_ID
 from ..mmaudio.encoders import MMAudioFeatures
@@ -69,6 +70,10 @@ class MMAudioPipeline(V2APipeline):
     @property
     def sample_rate(self) -> int:
         return self.decoder.sampling_rate
+
+    @property
+    def mel_axes(self) -> MelAxes:
+        return self.decoder.mel_axes
 
     # -- loading -------------------------------------------------------------------------------------------------
     @classmethod
@@ -128,7 +133,7 @@ class MMAudioPipeline(V2APipeline):
         return frames, frames.duration
 
     # -- generation ----------------------------------------------------------------------------------------------
-    def _sample(self, items: list, plan: RunPlan, callback: Any) -> tuple[list, list, Any]:
+    def _sample(self, items: list, plan: RunPlan, callback: Any, progress: Any = None) -> tuple[list, list, Any]:
         duration = items[0].duration
         frames = [item.frames for item in items]
         prompts = [item.prompt for item in items]
@@ -137,7 +142,9 @@ class MMAudioPipeline(V2APipeline):
         n_latent = self.model.sequence_lengths(duration)["latent"]
         seeds = [item.seed for item in items]
         noise, gens = seeded_noise((n_latent, self.model.latent_dim), seeds, self.device, self.dtype)
-        z, info = plan.sampler(noise, cond, negative=negative, generator=gens, callback=callback)  # bad: same cond
+        z, info = plan.sampler(
+            noise, cond, negative=negative, generator=gens, callback=callback, progress=progress
+        )  # bad model: the same conditions
         check_finite(z)
         mel = self.decoder.mel(self.model.unnormalize(z.float()))
         wave = self.decoder.vocode(mel)[..., : round(duration * self.sample_rate)]

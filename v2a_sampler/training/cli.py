@@ -8,8 +8,10 @@ Examples::
     v2a-train finetune --base runs/good/iter-004096 --iters 256 --set lr=5e-4 --out runs/ft
     v2a-train fit --config runs/good/iter-004096/config.json --amg-weight 0.5 --out runs/amg
     v2a-train --threads 1 toy2d --out models/toy2d   # the 2D lab's good + bad models
+    v2a-train --threads 1 toy2d --family edm2 --out models/toy2d_edm2   # the EDM2-faithful lab family
     v2a-train v2a --out runs/v2a2 --export my_pipeline      # the embedded model's recipe (all stages, resumable)
     v2a-train show runs/good/iter-004096
+    v2a-train diagnose --good toy2d:good --bad toy2d:bad_small --data toy2d --out out/diag   # will AG help?
 
 Every model folder written loads with ``v2a_sampler.models.from_pretrained``. Also runs as
 ``python -m v2a_sampler.training``.
@@ -160,9 +162,11 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_toy2d(args: argparse.Namespace) -> None:
+    from .edm2_recipe import train_family
     from .lab_recipes import train_lab_models
 
-    for kind, path in train_lab_models(args.out, progress=not args.no_progress).items():
+    trainer = train_family if args.family == "edm2" else train_lab_models
+    for kind, path in trainer(args.out, progress=not args.no_progress).items():
         print(f"{kind}: {path}")
 
 
@@ -216,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("toy2d", help="train the 2D lab's good, bad_early and bad_small models")
+    p = sub.add_parser("toy2d", help="train the 2D lab's models (ours: good + 2 bad; edm2: good, bad, uncond)")
     p.add_argument("--out", required=True)
+    p.add_argument("--family", choices=("ours", "edm2"), default="ours", help="which lab family (default: ours)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_toy2d)
 
@@ -226,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_v2a_arguments(p)
     p.set_defaults(func=_cmd_v2a)
+
+    from .diagnose import add_parser as add_diagnose
+
+    add_diagnose(sub)
 
     p = sub.add_parser("show", help="print a model folder's config and training metadata")
     p.add_argument("path")

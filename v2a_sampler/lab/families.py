@@ -1,0 +1,137 @@
+"""The two model families of the 2D lab, measured by one runner with the same metrics.
+
+* ``ours`` (:mod:`v2a_sampler.lab.toy2d`, :mod:`v2a_sampler.lab.recipes`): our fractal, class-conditional flow
+  models (``ToyMLP``), both classes; AudioMoG's sampler settings (Heun 32 steps, sigma 80 to 0.002, pure noise).
+* ``edm2`` (:mod:`v2a_sampler.lab.edm2_toy`): EDM2's fractal and its log-density networks, class A only (as in
+  EDM2's figure); EDM2's sampler settings (Heun 32 steps, sigma 5 to 0.002, starting from noisy data).
+
+:func:`run` is :func:`v2a_sampler.lab.experiment.run` with the family's classes, start noise and time grid; the
+rows, summaries, CSV and plots are the experiment's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.solvers import sample
+from . import experiment as E
+from .metrics import METRIC_NAMES, evaluate, outlier_threshold
+from .toy2d import Toy2D
+
+NoiseFn = Callable[[int, int, torch.Generator], torch.Tensor]
+GridFn = Callable[[Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the lab's model families."""
+
+    name: str
+    toy: Toy2D
+    classes: tuple[int, ...]
+    grid: GridFn
+    noise: NoiseFn
+    #: the shipped bad model(s) in the order :func:`v2a_sampler.lab.experiment.methods` takes them
+    bads: tuple[str, ...]
+
+    def models(self, folder: str | Path | None = None) -> dict[str, Any]:
+        """The family's shipped denoisers (``good``, its bad models, ``exact``)."""
+        if self.name == "edm2":
+            from .edm2_toy import family_models
+
+            return family_models(folder)
+        from .toy2d import PRETRAINED_KINDS, pretrained
+
+        models: dict[str, Any] = {k: pretrained(k, folder) for k in PRETRAINED_KINDS}
+        models["exact"] = self.toy.denoiser()
+        return models
+
+
+def _pure_noise(n: int, label: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, 2, generator=gen, dtype=torch.float32)
+
+
+def get_family(name: str) -> Family:
+    """``"ours"`` or ``"edm2"``."""
+    if name == "ours":
+        from .toy2d import make_toy2d
+
+        return Family("ours", make_toy2d(), (0, 1), E.sampling_grid, _pure_noise, ("bad_small", "bad_early"))
+    if name == "edm2":
+        from . import edm2_toy
+
+        toy = edm2_toy.make_edm2_toy()
+        return Family(
+            "edm2",
+            toy,
+            (edm2_toy.CLASS_A,),
+            edm2_toy.sampling_grid,
+            lambda n, label, gen: edm2_toy.initial_noise(n, label, gen, toy),
+            ("bad",),
+        )
+    raise ValueError(f"unknown lab family {name!r}; expected 'ours' or 'edm2'")
+
+
+FAMILIES = ("ours", "edm2")
+
+
+def draw(
+    family: Family, method: E.Method, models: Mapping[str, Any], label: int, n: int, seed: int
+) -> tuple[torch.Tensor, int]:
+    """``n`` samples of class ``label`` for one method and the NFE per sample (the same start noise for every
+    method of a seed)."""
+    if method.model == "data":
+        x, _ = family.toy.sample(n, label, torch.Generator().manual_seed(seed))
+        return x, 0
+    net = models[method.model]
+    bad = models[method.bad] if method.bad else None
+    noise = family.noise(n, label, torch.Generator().manual_seed(seed))
+    cond = {"label": torch.full((n,), label, dtype=torch.long)}
+    x, info = sample(
+        net, noise, cond=cond, guidance=method.guidance, bad=bad, solver=E.SOLVER, timesteps=family.grid(net.schedule)
+    )
+    return x.to(torch.float64), info.nfe
+
+
+def run(
+    family: Family,
+    models: Mapping[str, Any],
+    rows: Sequence[E.Method],
+    n_per_class: int,
+    seeds: Sequence[int],
+    on_step: Callable[[str], None] | None = None,
+    keep: tuple[int, int] | None = (0, 0),
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Every (seed, method) metric row, averaged over the family's classes, and the samples of ``keep``.
+
+    Seeds as in :func:`v2a_sampler.lab.experiment.run`: start noise of seed ``s`` and class ``c`` from
+    ``1000 s + c`` for every method, true reference samples from a disjoint seed.
+    """
+    toy = family.toy
+    thresholds = {c: outlier_threshold(toy, c) for c in family.classes}
+    per_seed: list[dict[str, Any]] = []
+    kept: dict[str, torch.Tensor] = {}
+    for s in seeds:
+        refs = {
+            c: toy.sample(n_per_class, c, torch.Generator().manual_seed(E.REFERENCE_SEED + 1000 * s + c))[0]
+            for c in family.classes
+        }
+        for m in rows:
+            acc: dict[str, list[float]] = {k: [] for k in METRIC_NAMES}
+            nfe = 0
+            for c in family.classes:
+                seed = 1000 * s + c + (E.DATA_ROW_SEED if m.model == "data" else 0)
+                x, nfe = draw(family, m, models, c, n_per_class, seed)
+                if keep == (s, c):
+                    kept[m.name] = x
+                for k, v in evaluate(toy, x, c, refs[c], thresholds[c]).items():
+                    acc[k].append(v)
+            per_seed.append({"method": m.name, "seed": s, "nfe": nfe, **{k: sum(v) / len(v) for k, v in acc.items()}})
+            if on_step is not None:
+                on_step(m.name)
+    return per_seed, kept
