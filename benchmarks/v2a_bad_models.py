@@ -13,6 +13,11 @@ levels of the denoising-optimal AG weight ``w*`` and the lower bound of the remo
 per-sample targets on the validation clips' log-mels, with 95 % delta-method intervals) when that module exists;
 otherwise the columns say ``n/a``.
 
+Does the diagnostic predict anything on a real model? ``summary.md`` ends with the Spearman correlation over the
+candidates between each diagnostic quantity (w*, the removable share, and the bad model's excess held-out loss,
+which ranked the 2D lab's bad models) and each method's quality, with permutation p-values
+(:func:`v2a_sampler.lab.zoo.correlation`).
+
 Selection rule (fixed before measuring): among the candidates whose HG onset F1 is within ``F1_SLACK`` of the best
 HG onset F1, the one with the lowest HG FD (HG is the pipeline's default guidance; onset timing first, then the
 distribution match); AG(2) quality is reported beside it.
@@ -48,7 +53,9 @@ METHODS = {"ag(2)": "ag(2)", "hg": "hg"}
 PERTURBATIONS = ("perturb:skip=1", "perturb:skip=4", "perturb:identity=1", "perturb:identity=4", "perturb:blur=2")
 #: Selection: candidates within this much of the best HG onset F1 compete on HG FD.
 F1_SLACK = 0.02
-DIAGNOSTIC_COLUMNS = ("w_star_mean", "w_star_mean_lo", "w_star_mean_hi", "rel_reduction_lb_mean")
+DIAGNOSTIC_COLUMNS = ("w_star_mean", "w_star_mean_lo", "w_star_mean_hi", "rel_reduction_lb_mean", "excess_loss_mean")
+#: Diagnostic quantities whose rank correlation with each method's quality over the candidates is reported.
+PREDICTORS = {"w*": "w_star_mean", "removable share ≥": "rel_reduction_lb_mean", "excess loss": "excess_loss_mean"}
 
 
 def candidates(run: Path, extra: Sequence[str] = PERTURBATIONS) -> dict[str, Any]:
@@ -83,7 +90,7 @@ def select(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def summary(rows: Sequence[Mapping[str, Any]], diag: Mapping[str, Mapping[str, Any]], chosen: str, caption: str):
     lines = [caption, "", "| bad model | AG(2) onset F1 | AG(2) class acc | AG(2) FD | HG onset F1 | HG class acc | "
-             "HG FD | w* (95 % CI) | removable share ≥ |", "|---|" + "---:|" * 8]  # fmt: skip
+             "HG FD | w* (95 % CI) | removable share ≥ | excess loss |", "|---|" + "---:|" * 9]  # fmt: skip
     by = {(r["bad"], r["method"]): r for r in rows}
     for name in dict.fromkeys(r["bad"] for r in rows):
         ag, hg, d = by.get((name, "ag(2)")), by.get((name, "hg")), diag.get(name, {})
@@ -98,9 +105,35 @@ def summary(rows: Sequence[Mapping[str, Any]], diag: Mapping[str, Mapping[str, A
             cells.append(f"{d['rel_reduction_lb_mean']:.3f}")
         else:
             cells += ["n/a (issue #14)"] * 2
+        excess = d.get("excess_loss_mean")
+        cells.append(f"{excess:.4f}" if isinstance(excess, float) and math.isfinite(excess) else "n/a")
         mark = " **(shipped)**" if name == chosen else ""
         lines.append(f"| `{name}`{mark} | " + " | ".join(cells) + " |")
+    lines += ["", *predictions(rows, diag)]
     return "\n".join(lines) + "\n"
+
+
+def predictions(rows: Sequence[Mapping[str, Any]], diag: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown table: Spearman's rho (permutation p) over the candidates of each diagnostic quantity against each
+    method's onset F1 and FD."""
+    from v2a_sampler.lab.zoo import correlation
+
+    names = [n for n in dict.fromkeys(r["bad"] for r in rows) if isinstance(diag.get(n, {}).get("w_star_mean"), float)]
+    if len(names) < 4:
+        return []
+    by = {(r["bad"], r["method"]): r for r in rows}
+    targets = [(f"{m} {label}", m, k) for m in METHODS for label, k in (("onset F1", "onset_f1"), ("FD", "fd"))]
+    header = "| diagnostic | " + " | ".join(t for t, _, _ in targets) + " |"
+    out = [f"Spearman's rho over the {len(names)} candidates (two-sided permutation p):", "", header,
+           "|---|" + "---:|" * len(targets)]  # fmt: skip
+    for label, key in PREDICTORS.items():
+        cells = []
+        for _, method, metric in targets:
+            pairs = [(float(diag[n][key]), float(by[(n, method)][metric])) for n in names if (n, method) in by]
+            c = correlation([a for a, _ in pairs], [b for _, b in pairs])
+            cells.append(f"{c['spearman']:+.2f} (p {c['spearman_p']:.2f})" if "spearman_p" in c else "n/a")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -147,6 +180,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--only", default=None, help="comma-separated candidate names (default: all)")
     ap.add_argument("--no-diagnostic", action="store_true")
+    ap.add_argument("--diagnostic-only", action="store_true", help="only the diagnostic (diagnostic.csv), no sampling")
     ap.add_argument(
         "--collect",
         default=None,
@@ -172,7 +206,7 @@ def main() -> None:
     for name, where in found.items():
         bad = perturbed(good, where) if is_perturbation(where) else from_pretrained(where)
         pipe = Pipeline(good, bad)
-        for label, spec in METHODS.items():
+        for label, spec in {} if args.diagnostic_only else METHODS.items():
             row = method_row(pipe, data, spec, args.samples, args.steps)
             rows.append({"bad": name, **row, "method": label})
             print(f"{name:>22} {label:>6}: " + "  ".join(f"{k} {row[k]:.3f}" for k in METRICS if row[k] is not None),
@@ -181,6 +215,10 @@ def main() -> None:
             diag[name] = diagnostic(good, bad, data, pipe.audio_spec)
             print(f"{name:>22} diagnostic: {diag[name]}", flush=True)
         bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
+    if args.diagnostic_only:
+        bench.write_csv([{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()],
+                        args.out / "diagnostic.csv", ("bad", *DIAGNOSTIC_COLUMNS))  # fmt: skip
+        return
     write_outputs(rows, diag, args, good_folder, time.perf_counter() - t0)
 
 

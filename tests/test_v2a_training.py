@@ -132,3 +132,21 @@ def test_the_bad_model_selection_rule_is_hg_fd_among_the_best_hg_onset_f1():
     ]
     assert VB.select(rows) == "b"
     assert VB.select([{**r, "onset_f1": 0.5} if r["bad"] == "b" else r for r in rows]) == "a"
+
+
+def test_bad_model_summary_reports_the_diagnostic_and_its_rank_correlation_with_quality():
+    import v2a_bad_models as VB
+
+    names = ["a", "b", "c", "d", "e"]
+    rows = [{"bad": n, "method": m, "onset_f1": 0.5 + 0.015 * i * (1 if m == "hg" else -1), "fd": 5.0 + i,
+             "class_accuracy": 0.6} for i, n in enumerate(names) for m in VB.METHODS]  # fmt: skip
+    diag = {n: {"w_star_mean": 1.0 + 0.1 * i, "w_star_mean_lo": 0.9, "w_star_mean_hi": 1.5,
+                "rel_reduction_lb_mean": 0.001 * (5 - i), "excess_loss_mean": 0.01 * i}
+            for i, n in enumerate(names)}  # fmt: skip
+    text = VB.summary(rows, diag, VB.select(rows), "caption")
+    # d and e are within 0.02 of the best HG onset F1; d has the lower HG FD
+    assert "| `d` **(shipped)** |" in text and "0.0300 |" in text
+    lines = {ln.split(" |")[0]: ln for ln in text.splitlines() if ln.startswith("| w*") or ln.startswith("| excess")}
+    # w* rises with every candidate's FD and HG onset F1 and falls with AG's onset F1: rho = +1 / -1 exactly
+    assert lines["| w*"].count("+1.00") == 3 and lines["| w*"].count("-1.00") == 1
+    assert "(p 0.0" in lines["| excess loss"]  # 5 points, perfectly ranked: the permutation p-value is 2/120
