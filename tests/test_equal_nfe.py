@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from v2a_sampler import guidance as G
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("none", "cfg")
 
@@ -27,7 +29,7 @@ def eq() -> Any:
 
 def _tiny(eq: Any) -> Any:
     return replace(eq.QUICK, budgets=(4,), solvers=("euler",), val_clips=1, val_seeds=1, test_clips=2, test_seeds=2,
-                   duration=0.5, ref_windows=16, grid_points=2)  # fmt: skip
+                   duration=3.0, ref_windows=24, grid_points=2)  # fmt: skip
 
 
 def _run(eq: Any, monkeypatch: pytest.MonkeyPatch, out: Path, *extra: str) -> None:
@@ -50,11 +52,12 @@ def test_tiny_run_writes_paired_rows_and_resumes_from_parts(eq, monkeypatch, tmp
     assert len(per_clip) == len(METHODS) * 2 * 2
     units = {m: [(r["clip"], r["seed"]) for r in per_clip if r["method"] == m] for m in METHODS}
     assert units["none"] == units["cfg"] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
-    # exact NFE: 4 steps unguided, 2 steps of 2 branches with CFG
-    assert {(r["method"], r["steps"], r["nfe"]) for r in per_clip} == {("none", "4", "4"), ("cfg", "2", "4")}
+    # exact NFE: the whole budget, spent as steps x the tuned spec's branches (cfg(1) is the conditional branch only)
+    assert {r["nfe"] for r in per_clip} == {"4"}
+    assert all(int(r["steps"]) * G.parse(r["spec"]).nfe_per_step == 4 for r in per_clip)
     pooled = _rows(out / "results.csv")
     assert [r["method"] for r in pooled] == list(METHODS)
-    assert all(int(r["ref_windows"]) >= 16 for r in pooled)
+    assert all(int(r["ref_windows"]) >= 24 for r in pooled)
     assert sorted(p.name for p in (out / eq.PARTS).iterdir()) == ["0004-cfg.pt", "0004-none.pt"]
     assert "### 4 NFE" in (out / "summary.md").read_text()
 

@@ -297,10 +297,16 @@ def tune(
         for v in values:
             g = space.spec({**current, name: v})
             other = scorer.scores(g, all_units)
-            cmp = paired_bootstrap(full, other, metric, data.reference, n_boot=500) if v != current[name] else None
-            curve.append({"param": name, "value": v, "spec": g.spec(), metric: pooled(other, metric, data.reference),
-                          "diff": cmp.diff if cmp else 0.0, "lo": cmp.lo if cmp else 0.0,
-                          "hi": cmp.hi if cmp else 0.0, "significant": bool(cmp and cmp.significant)})  # fmt: skip
+            value = pooled(other, metric, data.reference)
+            if v == current[name]:
+                diff, lo, hi, significant = 0.0, 0.0, 0.0, False
+            elif len(full) < 2:  # one validation unit: a difference, but no interval to put around it
+                diff, lo, hi, significant = value - pooled(full, metric, data.reference), math.nan, math.nan, False
+            else:
+                cmp = paired_bootstrap(full, other, metric, data.reference, n_boot=500)
+                diff, lo, hi, significant = cmp.diff, cmp.lo, cmp.hi, cmp.significant
+            curve.append({"param": name, "value": v, "spec": g.spec(), metric: value, "diff": diff, "lo": lo,
+                          "hi": hi, "significant": significant})  # fmt: skip
     plan = scorer.plan(best)
     return TuneResult(best, dict(current), score, metric, plan.steps, plan.nfe, len(all_units), evaluations, curve,
                       scorer.nfe_spent, time.perf_counter() - t0)  # fmt: skip
