@@ -1,6 +1,7 @@
 """Which guidance at equal cost, with statistics that hold: tuned on validation clips, scored on disjoint test clips.
 
-For every NFE budget and method (none, CFG, AG, PG, HG on the embedded V2A model):
+For every NFE budget and method (none, CFG, AG, PG, HG on the embedded V2A model, and ``amg``: its AMG-trained
+variant ``embedded-amg`` with CFG):
 
 1. **Validation** (clips from ``v2a_sampler.tune.VALIDATION_SEED_OFFSET``): the solver is chosen among
    ``--solvers`` at the method's paper weights, then the weights are tuned for that solver and budget by
@@ -34,6 +35,7 @@ import argparse
 import csv
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +45,7 @@ import torch
 
 from v2a_sampler import guidance as G
 from v2a_sampler import tune as T
+from v2a_sampler.core.guidance import AMG_DEFAULT_CFG
 from v2a_sampler.media.specs import resize_frames
 from v2a_sampler.metrics.stats import ClipScores, clip_scores, kid, paired_bootstrap, pooled, reference_windows
 from v2a_sampler.pipelines import Pipeline, RunConfig
@@ -50,8 +53,10 @@ from v2a_sampler.solvers import get_solver
 from v2a_sampler.synth import make_clip
 from v2a_sampler.training.synth_v2a import EVAL_SEED_OFFSET, RENDER_SIZE
 
-METHODS = ("none", "cfg", "ag", "pg", "hg")
+METHODS = ("none", "cfg", "ag", "pg", "hg", "amg")
 BASELINE = "cfg"
+#: The AMG-trained variant (MGAudio), sampled with CFG tuned on this grid of weights; pipeline by shipped name.
+AMG, AMG_MODEL, AMG_GRID = "amg", "embedded-amg", (1.0, 3.0)
 #: Test clips (as benchmarks/v2a_quality.py) and the reference audio for FD/KID (other clips).
 TEST_SEED = EVAL_SEED_OFFSET + 500
 REFERENCE_SEED = EVAL_SEED_OFFSET + 900
@@ -81,8 +86,13 @@ FULL = Config(budgets=(16, 32, 64, 128), solvers=("euler", "heun", "dpmpp_2m", "
 
 
 def choose(pipe: Pipeline, val: T.ValidationSet, method: str, budget: int, config: Config, metric: str):
-    """The solver (at the paper weights) and then the weights (tuned) of ``method`` at ``budget``, on validation."""
-    per_step = G.parse(method).nfe_per_step
+    """The solver (at the paper weights) and then the weights (tuned) of ``method`` at ``budget``, on validation.
+
+    ``amg`` is the AMG-trained variant with CFG: its solver is chosen at MGAudio's ``cfg(1.45)`` and its weight tuned
+    on :data:`AMG_GRID` (small extra guidance is what it is trained for)."""
+    family = "cfg" if method == AMG else method
+    paper = f"cfg({AMG_DEFAULT_CFG:g})" if method == AMG else method
+    per_step = G.parse(paper).nfe_per_step
     units = [(c, s) for s in range(config.val_seeds) for c in range(len(val.clips))]
     best_solver, best_score = None, None
     higher = T.METRICS[metric]
@@ -90,15 +100,19 @@ def choose(pipe: Pipeline, val: T.ValidationSet, method: str, budget: int, confi
         if get_solver(solver).steps_for_budget(budget, per_step) is None:
             continue
         scorer = T._Scorer(pipe, val, solver, budget, metric, 0, {})
-        score = scorer.value(G.parse(method), units)
+        score = scorer.value(G.parse(paper), units)
         if best_score is None or (score > best_score if higher else score < best_score):
             best_solver, best_score = solver, score
     if best_solver is None:
         return None
     if method == "none":
         return {"solver": best_solver, "spec": "none", "val_score": best_score}
-    space = T.SearchSpace.default(method, config.grid_points)
-    res = T.tune(pipe, val, method, budget, best_solver, metric, config.val_seeds, space, passes=config.passes)
+    space = T.SearchSpace.default(family, config.grid_points)
+    if method == AMG:
+        lo, hi = AMG_GRID
+        space = T.SearchSpace(family, {"w": tuple(round(lo + (hi - lo) * k / (config.grid_points - 1), 6)
+                                                  for k in range(config.grid_points))})  # fmt: skip
+    res = T.tune(pipe, val, family, budget, best_solver, metric, config.val_seeds, space, passes=config.passes)
     return {"solver": best_solver, "spec": res.best.spec(), "val_score": res.score}
 
 
@@ -194,6 +208,7 @@ def main() -> None:
     reference = torch.cat(refs)
 
     signature = _signature(args.model, config, args.metric)
+    amg_pipe = None
     settings, per_clip, pooled_rows, scores = [], [], [], {}
     for budget in config.budgets:
         for method in methods:
@@ -206,12 +221,17 @@ def main() -> None:
                     scores[(budget, method)] = part["scores"]
                     print(f"budget {budget} {method}: {part['chosen']['spec']} (from {PARTS}/)", flush=True)
                 continue
-            chosen = choose(pipe, val, method, budget, config, args.metric)
+            if method == AMG and amg_pipe is None:
+                amg_pipe = Pipeline.from_pretrained(AMG_MODEL)
+                # the tuner tries stronger CFG on it on purpose: the pipeline's warning about that is expected here
+                warnings.filterwarnings("ignore", message="model was trained with AMG")
+            here = amg_pipe if method == AMG else pipe
+            chosen = choose(here, val, method, budget, config, args.metric)
             if chosen is None:
                 _save_part(_part_path(args.out, budget, method), {"signature": signature, "chosen": None})
                 continue
             settings.append({"budget": budget, "method": method, **chosen})
-            sc, steps, nfe = test_scores(pipe, frames, events, chosen["spec"], chosen["solver"], budget, config)
+            sc, steps, nfe = test_scores(here, frames, events, chosen["spec"], chosen["solver"], budget, config)
             scores[(budget, method)] = _by_clip(sc, config.test_seeds)
             first_row = len(per_clip)
             for u in range(len(sc)):

@@ -14,7 +14,7 @@ import pytest
 from v2a_sampler import guidance as G
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("none", "cfg")
+METHODS = ("none", "cfg", "amg")
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,14 @@ def test_tiny_run_writes_paired_rows_and_resumes_from_parts(eq, monkeypatch, tmp
     # one row per method x clip x seed, the same (clip, seed) units for every method: the pairing of the bootstrap
     assert len(per_clip) == len(METHODS) * 2 * 2
     units = {m: [(r["clip"], r["seed"]) for r in per_clip if r["method"] == m] for m in METHODS}
-    assert units["none"] == units["cfg"] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    assert units["none"] == units["cfg"] == units["amg"] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
     # exact NFE: the whole budget, spent as steps x the tuned spec's branches (cfg(1) is the conditional branch only)
     assert {r["nfe"] for r in per_clip} == {"4"}
     assert all(int(r["steps"]) * G.parse(r["spec"]).nfe_per_step == 4 for r in per_clip)
     pooled = _rows(out / "results.csv")
     assert [r["method"] for r in pooled] == list(METHODS)
     assert all(int(r["ref_windows"]) >= 24 for r in pooled)
-    assert sorted(p.name for p in (out / eq.PARTS).iterdir()) == ["0004-cfg.pt", "0004-none.pt"]
+    assert sorted(p.name for p in (out / eq.PARTS).iterdir()) == ["0004-amg.pt", "0004-cfg.pt", "0004-none.pt"]
     assert "### 4 NFE" in (out / "summary.md").read_text()
 
     # a second run finds every part: nothing is sampled again and the tables are identical
