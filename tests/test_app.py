@@ -113,6 +113,10 @@ def test_mmaudio_files_in_the_cache_are_found(tmp_path):
 def test_bad_models_offered_fit_the_model():
     embedded, small16, large = MODELS[0], MODELS[1], A.ModelChoice("mmaudio:large_44k_v2")
     assert [v for _, v in A.bad_model_choices(embedded, MODELS)] == ["default", "none"]
+    amg = A.ModelChoice(A.EMBEDDED_AMG)  # the AMG-trained variant: no bad model, its small extra CFG by default
+    assert [v for _, v in A.bad_model_choices(amg, MODELS)] == ["default"] and amg.default_guidance == "cfg(1.45)"
+    assert embedded.default_guidance == "hg" and "cfg(1.45)" in A.guidance_presets()
+    assert [c.value for c in A.model_choices()][:2] == [A.EMBEDDED, A.EMBEDDED_AMG]
     assert [v for _, v in A.bad_model_choices(small16, MODELS)] == ["default"]  # no other 16 kHz variant
     assert [v for _, v in A.bad_model_choices(large, MODELS)] == [
         "default", "mmaudio:small_44k", "mmaudio:medium_44k", "mmaudio:large_44k"

@@ -124,6 +124,19 @@ def test_default_guidance_follows_the_models(clips, tmp_path):
     assert out.info["nfe"] == 4 and out.info["effective_strength"] == pytest.approx(1.45 / 0.5)
     Pipeline(amg.model).save_pretrained(tmp_path / "amg")
     assert Pipeline.from_pretrained(tmp_path / "amg").default_guidance == "cfg(1.45)"
+    # read from the config alone (--explain, the app) it is what the loaded pipeline says, for every case
+    from v2a_sampler.pipelines.config import RunConfig
+    from v2a_sampler.pipelines.loader import default_guidance
+
+    Pipeline(good, bad).save_pretrained(tmp_path / "with_bad")
+    Pipeline(good).save_pretrained(tmp_path / "alone")
+    folders = {name: str(tmp_path / name) for name in ("amg", "with_bad", "alone")}
+    cases = [(None, None), ("embedded-amg", None), (None, "none"), (folders["amg"], None),
+             (folders["with_bad"], None), (folders["with_bad"], "none"), (folders["alone"], None)]  # fmt: skip
+    for model, bad_model in cases:
+        loaded = Pipeline.from_pretrained(model, bad=False if bad_model == "none" else None)
+        assert default_guidance(RunConfig(model=model, bad_model=bad_model)) == loaded.default_guidance, model
+    assert [default_guidance(RunConfig(model=m)) for m in (None, "embedded-amg")] == ["hg", "cfg(1.45)"]
 
 
 def test_a_pipeline_folder_can_name_a_perturbation_as_its_bad_model(pipe, clips, tmp_path):

@@ -74,6 +74,7 @@ CACHE_SWEEP_S, CACHE_AGE_S = 600, 3600
 EMBEDDED_THREADS = 1
 #: Model choice of the embedded model, and bad-model choice "the model's own" (embedded: its ``bad/``; MMAudio: none).
 EMBEDDED = "embedded"
+EMBEDDED_AMG = "embedded-amg"
 DEFAULT_BAD = "default"
 #: Heights (pixels) of the uploaded video and of the generated videos in the page.
 IN_VIDEO_HEIGHT, OUT_VIDEO_HEIGHT = 260, 300
@@ -114,6 +115,8 @@ class ModelChoice:
     def label(self) -> str:
         if self.value == EMBEDDED:
             return "embedded (V2AFlow + bad model)"
+        if self.value == EMBEDDED_AMG:
+            return "embedded-amg (V2AFlow trained with AMG)"
         return self.value + ("" if self.available else "  (not in the local cache)")
 
     @property
@@ -131,12 +134,19 @@ class ModelChoice:
 
         return MMAudioPipeline if self.is_mmaudio else Pipeline
 
+    @property
+    def default_guidance(self) -> str:
+        """The guidance a run with this model names when it names none (read from its config, not its weights)."""
+        from ..pipelines.loader import default_guidance
+
+        return default_guidance(RunConfig(model=None if self.value == EMBEDDED else self.value))
+
     def message(self) -> str:
         """What the page says under the model selector."""
         if self.available:
             cls = self.pipeline_class()
             text = ", text prompts" if "text" in cls.conditions else ""
-            return f"{self.value}: video{text}; default guidance `{cls.default_guidance}`."
+            return f"{self.value}: video{text}; default guidance `{self.default_guidance}`."
         return (
             f"{self.value} is not in the local Hugging Face cache (missing {', '.join(self.missing)}). "
             f"The app runs offline: download it once with `v2a-sample video.mp4 --model {self.value}` where the "
@@ -149,7 +159,7 @@ def model_choices(cache_dir: str | os.PathLike | None = None) -> list[ModelChoic
     from ..mmaudio.hub import missing_from_cache
     from ..mmaudio.network import VARIANTS
 
-    out = [ModelChoice(EMBEDDED)]
+    out = [ModelChoice(EMBEDDED), ModelChoice(EMBEDDED_AMG)]
     for variant in VARIANTS:
         out.append(ModelChoice(MMAUDIO_PREFIX + variant, tuple(missing_from_cache(variant, cache_dir))))
     return out
@@ -158,6 +168,8 @@ def model_choices(cache_dir: str | os.PathLike | None = None) -> list[ModelChoic
 def bad_model_choices(model: ModelChoice, models: Sequence[ModelChoice]) -> list[tuple[str, str]]:
     """``(label, value)`` of the bad models that fit ``model``: the embedded model's own or none; for MMAudio none or
     another variant with the same VAE (the same latent space)."""
+    if model.value == EMBEDDED_AMG:
+        return [("none (sampled with CFG)", DEFAULT_BAD)]
     if not model.is_mmaudio:
         return [("the model's own (bad/)", DEFAULT_BAD), ("none", NO_BAD_MODEL)]
     from ..mmaudio.hub import files_for
@@ -176,9 +188,7 @@ def bad_model_choices(model: ModelChoice, models: Sequence[ModelChoice]) -> list
 
 
 def guidance_presets() -> list[str]:
-    """The registered presets whose bare name is a spec (paper defaults), then the pipelines' defaults."""
-    from ..pipelines.embedded import Pipeline
-    from ..pipelines.mmaudio import MMAudioPipeline
+    """The registered presets whose bare name is a spec (paper defaults), then the shipped models' defaults."""
 
     out = []
     for name in G.PRESETS:
@@ -187,7 +197,8 @@ def guidance_presets() -> list[str]:
         except ValueError:
             continue  # needs arguments (multi_cfg)
         out.append(name)
-    for default in (Pipeline.default_guidance, MMAudioPipeline.default_guidance):
+    for default in (c.default_guidance for c in (ModelChoice(EMBEDDED), ModelChoice(EMBEDDED_AMG),
+                                                  ModelChoice(MMAUDIO_PREFIX + "small_16k"))):  # fmt: skip
         if default not in out:
             out.append(default)
     return out
@@ -451,6 +462,7 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
     presets = guidance_presets()
     solver_names = list(solvers.SOLVERS)
     cls = first.pipeline_class()
+    first_guidance = first.default_guidance
     default_steps = steps or cls.default_steps
 
     def request(model, bad, solver, n_steps, seed, duration, prompt, negative) -> Request:
@@ -475,8 +487,8 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
             gr.update(choices=bad_model_choices(m, models), value=DEFAULT_BAD),
             gr.update(visible=text),
             gr.update(visible=text),
-            c.default_guidance,
-            c.default_guidance,
+            m.default_guidance,
+            m.default_guidance,
         )
 
     def generate(video, spec, model, bad, solver, n_steps, seed, duration, prompt, negative, progress=track):
@@ -550,11 +562,11 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
         with gr.Tabs():
             with gr.Tab("Generate", id="generate-tab", elem_id="generate-panel"):
                 with gr.Row():
-                    preset = gr.Dropdown(presets, value=cls.default_guidance, label="Preset", elem_id="preset",
+                    preset = gr.Dropdown(presets, value=first_guidance, label="Preset", elem_id="preset",
                                          scale=1)  # fmt: skip
-                    spec = gr.Textbox(cls.default_guidance, label="Guidance spec (any v2a-sample --guidance)",
+                    spec = gr.Textbox(first_guidance, label="Guidance spec (any v2a-sample --guidance)",
                                       elem_id="spec", scale=2)  # fmt: skip
-                explained = gr.Markdown(explain(cls.default_guidance, cls.default_solver, default_steps),
+                explained = gr.Markdown(explain(first_guidance, cls.default_solver, default_steps),
                                         elem_id="explain")  # fmt: skip
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Textbox(label="Result", interactive=False, elem_id="status", elem_classes="v2a-line")
@@ -571,7 +583,7 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
                         out_wav = gr.File(label="WAV", interactive=False, elem_id="out-wav")
             with gr.Tab("Compare", id="compare-tab", elem_id="compare-panel"):
                 with gr.Row():
-                    defaults = ["cfg", cls.default_guidance if cls.default_guidance != "cfg" else "hg"]
+                    defaults = ["cfg", first_guidance if first_guidance != "cfg" else "hg"]
                     boxes = [gr.Textbox(defaults[k] if k < len(defaults) else "", label=f"Spec {k + 1}",
                                         placeholder="(empty: unused)", elem_id=f"compare-spec-{k + 1}")
                              for k in range(COMPARE_MAX)]  # fmt: skip

@@ -396,20 +396,9 @@ def _pipeline_class(config: RunConfig):
 
 def _default_guidance(config: RunConfig) -> str:
     """The default guidance of the pipeline ``config`` would load (reading the model's config, not its weights)."""
-    from ..models import EMBEDDED_MODELS, embedded_model_path, load_config
-    from ..pipelines.config import NO_BAD_MODEL
-    from ..pipelines.embedded import default_guidance_for
-    from ..pipelines.mmaudio import MMAudioPipeline
+    from ..pipelines.loader import default_guidance
 
-    if config.is_mmaudio:
-        return MMAudioPipeline.default_guidance
-    model = config.model
-    folder = embedded_model_path(model or "embedded") if model is None or model in EMBEDDED_MODELS else model
-    try:
-        amg = load_config(folder).get("amg_weight")
-    except (ValueError, RuntimeError, OSError):  # explaining needs no model: an unreadable one is not AMG-trained
-        amg = None
-    return default_guidance_for(amg, (config.bad_model or "").lower() != NO_BAD_MODEL)
+    return default_guidance(config)
 
 
 def _load(config: RunConfig, rank_device: int | None = None):

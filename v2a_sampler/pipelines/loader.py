@@ -16,6 +16,40 @@ class PipelineLoadError(RuntimeError):
     """A model or bad model that cannot be loaded (one line naming the path at fault)."""
 
 
+def default_guidance(config: RunConfig) -> str:
+    """The default guidance of the pipeline ``config`` would load, read from the model's config, not its weights:
+    MMAudio's class default, or for an embedded model :func:`~v2a_sampler.pipelines.embedded.default_guidance_for`
+    (``cfg(1.45)`` for an AMG-trained model, ``hg`` with a bad model, ``cfg`` without)."""
+    from ..models import EMBEDDED_MODELS, embedded_model_path, load_config
+    from .embedded import default_guidance_for
+    from .mmaudio import MMAudioPipeline
+
+    if config.is_mmaudio:
+        return MMAudioPipeline.default_guidance
+    model = config.model
+    folder = embedded_model_path(model or "embedded") if model is None or model in EMBEDDED_MODELS else model
+    try:
+        amg = load_config(folder).get("amg_weight")
+    except (ValueError, RuntimeError, OSError):  # explaining needs no model: an unreadable one is not AMG-trained
+        amg = None
+    bad = (config.bad_model or "").lower()
+    has_bad = bad != NO_BAD_MODEL and (bool(bad) or _has_own_bad(folder))
+    return default_guidance_for(amg, has_bad)
+
+
+def _has_own_bad(folder) -> bool:
+    """Whether a pipeline folder brings its own bad model (a ``bad/`` subfolder or a ``pipeline.json`` naming one)."""
+    from pathlib import Path
+
+    from ..models import PIPELINE_CONFIG_NAME
+    from .embedded import BAD_SUBFOLDER
+
+    root = Path(str(folder))
+    if not root.is_dir():
+        return True  # a hub id: resolved at load time; assume the usual layout
+    return (root / BAD_SUBFOLDER).is_dir() or (root / PIPELINE_CONFIG_NAME).is_file()
+
+
 def load_pipeline(config: RunConfig, rank_device: int | None = None) -> V2APipeline:
     """The pipeline for ``config.model`` / ``config.bad_model`` on ``config.device`` in ``config.dtype``.
 
