@@ -73,9 +73,9 @@ def test_presets_come_from_the_registry_and_all_parse():
 def test_mmaudio_variants_not_in_the_cache_say_so(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
     choices = A.model_choices()
-    assert [c.value for c in choices] == ["embedded", *(f"mmaudio:{v}" for v in VARIANTS)]
-    assert choices[0].available and not any(c.available for c in choices[1:])
-    small = choices[1]
+    assert [c.value for c in choices] == ["embedded", "embedded-amg", *(f"mmaudio:{v}" for v in VARIANTS)]
+    assert choices[0].available and choices[1].available and not any(c.available for c in choices[2:])
+    small = choices[2]
     assert small.label == "mmaudio:small_16k  (not in the local cache)"
     assert small.message().startswith(
         "mmaudio:small_16k is not in the local Hugging Face cache (missing hkchengrex/MMAudio/weights/"
