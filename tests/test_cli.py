@@ -123,7 +123,11 @@ def test_bad_models(env, tmp_path):
         assert not (tmp_path / d).exists() or list((tmp_path / d).iterdir()) == []
     one_error_line(cli(video, "--model", str(tmp_path / "nowhere"), *FAST), 1, "cannot load model")
     one_error_line(cli(video, "--model", env["model"], "--solver", "rk4", *FAST), 2, "unknown solver")
-    one_error_line(cli(video, "--model", env["model"], "--bad-model", "none", *FAST), 2, "needs a bad model")
+    no_bad = ("--model", env["model"], "--bad-model", "none")
+    one_error_line(cli(video, *no_bad, "-g", "hg", *FAST), 2, "needs a bad model")
+    # without a bad model and without --guidance the default is CFG, not an error
+    res = cli(video, *no_bad, "--out", str(tmp_path / "o4.wav"), *FAST)
+    assert res.returncode == 0 and ": cfg(3) " in res.stdout, res.stderr
 
 
 def test_list_guidance_and_explain():

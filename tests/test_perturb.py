@@ -190,7 +190,7 @@ def test_cli_bad_model_perturbation(tmp_path):
     assert abs(audio.shape[-1] / sr - 2.0) < 0.05 and "NFE 4" in res.stdout
     res = CliRunner().invoke(app, [str(demo), "--bad-model", "perturb:skip=9", "--steps", "2", "--quiet",
                                    "--out", str(tmp_path / "x.wav")])  # fmt: skip
-    assert res.exit_code == 2 and "skip=[9] is out of range: V2AFlow has 4 blocks" in res.output
+    assert res.exit_code == 2 and "skip=[9] is out of range: V2AFlow has 6 blocks" in res.output
     assert not (tmp_path / "x.wav").exists()
 
 
