@@ -293,7 +293,49 @@ def summary(rows: Sequence[dict[str, Any]], scores: dict, reference: torch.Tenso
             parts.append(f"| {r['method']} | `{r['spec']}` {r['solver']} x{r['steps']} | " + " | ".join(cells)
                          + f" | {r['kid']:.4f} ± {r['kid_se']:.4f} |")  # fmt: skip
         parts.append("")
+        for m, label in WINNER_METRICS.items():
+            best, runner, cmp = winner(here, scores, m, reference)
+            if cmp is not None:
+                parts.append(f"- best {label}: `{best}`; minus the runner-up `{runner}`: {cmp.cell()}")
+        parts.append("")
+    parts[1:1] = winners_table(rows, scores, reference, config.budgets)
     return "\n".join(parts)
+
+
+#: Metrics whose winner per budget is tested against the runner-up, and how the summary names them.
+WINNER_METRICS = {"onset_f1": "onset F1", "class_accuracy": "class accuracy", "fd": "FD"}
+LOWER_IS_BETTER = ("fd", "kid")
+
+
+def winner(here: Sequence[dict[str, Any]], scores: dict, metric: str, reference: torch.Tensor):
+    """``(best, runner_up, comparison)`` among one budget's methods on ``metric``: the paired bootstrap of best minus
+    runner-up over the test clips (``None`` with fewer than two methods)."""
+    if len(here) < 2:
+        return None, None, None
+    ranked = sorted(here, key=lambda r: r[metric], reverse=metric not in LOWER_IS_BETTER)
+    best, runner = ranked[0], ranked[1]
+    a, b = scores[(best["budget"], runner["method"])], scores[(best["budget"], best["method"])]
+    cmp = paired_bootstrap(a, b, metric, reference if metric == "fd" else None, n_boot=1000)
+    return best["method"], runner["method"], cmp
+
+
+def winners_table(rows, scores: dict, reference: torch.Tensor, budgets: Sequence[int]) -> list[str]:
+    """Markdown: per budget, the winner of every metric with its margin over the runner-up (``*``: significant)."""
+    lines = ["| NFE | best onset F1 (margin over runner-up) | best class acc | lowest FD | lowest KID ± SE |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for budget in budgets:
+        here = [r for r in rows if r["budget"] == budget]
+        if len(here) < 2:
+            continue
+        cells = []
+        for m in WINNER_METRICS:
+            best, runner, cmp = winner(here, scores, m, reference)
+            value = next(r[m] for r in here if r["method"] == best)
+            cells.append(f"`{best}` {value:.3f} ({cmp.cell()} vs `{runner}`)")
+        k = min(here, key=lambda r: r["kid"])
+        cells.append(f"`{k['method']}` {k['kid']:.4f} ± {k['kid_se']:.4f}")
+        lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+    return ["", *lines, ""]
 
 
 def _write(path: Path, rows: Sequence[dict[str, Any]]) -> None:

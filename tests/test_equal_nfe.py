@@ -59,7 +59,12 @@ def test_tiny_run_writes_paired_rows_and_resumes_from_parts(eq, monkeypatch, tmp
     assert [r["method"] for r in pooled] == list(METHODS)
     assert all(int(r["ref_windows"]) >= 24 for r in pooled)
     assert sorted(p.name for p in (out / eq.PARTS).iterdir()) == ["0004-amg.pt", "0004-cfg.pt", "0004-none.pt"]
-    assert "### 4 NFE" in (out / "summary.md").read_text()
+    text = (out / "summary.md").read_text()
+    assert "### 4 NFE" in text and "- best onset F1: `" in text
+    # the winners table names, per budget, the best method of each metric with its paired margin over the runner-up
+    (row,) = [line for line in text.splitlines() if line.startswith("| 4 | `")]
+    best = max(pooled, key=lambda r: float(r["onset_f1"]))
+    assert row.startswith(f"| 4 | `{best['method']}` {float(best['onset_f1']):.3f} (")
 
     # a second run finds every part: nothing is sampled again and the tables are identical
     before = {name: (out / name).read_text() for name in ("results_per_clip.csv", "results.csv", "settings.csv")}
