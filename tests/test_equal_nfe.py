@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,12 +18,9 @@ METHODS = ("none", "cfg", "amg")
 
 @pytest.fixture(scope="module")
 def eq() -> Any:
-    spec = importlib.util.spec_from_file_location("equal_nfe", ROOT / "benchmarks" / "equal_nfe.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["equal_nfe"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    import equal_nfe  # benchmarks/ is on the path (conftest)
+
+    return equal_nfe
 
 
 def _tiny(eq: Any) -> Any:
