@@ -137,6 +137,24 @@ def test_hub_repo_loads_from_cache_offline(tmp_path, monkeypatch):
     assert load_config("acme/toy", subfolder="good")["architecture"] == "mlp"
 
 
+def test_reading_a_hub_config_downloads_no_weights(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path, tiny())))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked, real = [], huggingface_hub.snapshot_download
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["allow_patterns"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    assert load_config("acme/toy", subfolder="good")["architecture"] == "mlp"
+    from_pretrained("acme/toy", subfolder="good")
+    assert asked == [["good/config.json", "good/pipeline.json"],
+                     ["good/config.json", "good/pipeline.json", "good/model.safetensors"]]  # fmt: skip
+
+
 def test_hub_unavailable_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path, tiny())))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

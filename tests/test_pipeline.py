@@ -157,6 +157,33 @@ def test_a_pipeline_folder_can_name_a_perturbation_as_its_bad_model(pipe, clips,
         Pipeline.from_pretrained(tmp_path / "p")
 
 
+def test_a_hub_pipeline_brings_its_declared_perturbation(pipe, tmp_path, monkeypatch):
+    from v2a_sampler.models.perturb import PerturbedDenoiser, perturbed
+
+    commit = "0" * 40  # a folder laid out like the Hugging Face hub cache, repo acme/pipe
+    repo = tmp_path / "hub" / "models--acme--pipe"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    Pipeline(pipe.model, perturbed(pipe.model, "perturb:identity=0")).save_pretrained(repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = Pipeline.from_pretrained("acme/pipe")
+    assert isinstance(loaded.bad, PerturbedDenoiser) and loaded.bad.perturbation.spec() == "perturb:identity=0"
+    assert loaded.default_guidance == "hg"
+    # read from the config files alone: the declared perturbation counts; a hub pipeline without a bad model is CFG
+    from v2a_sampler.pipelines.config import RunConfig
+    from v2a_sampler.pipelines.loader import default_guidance
+
+    assert default_guidance(RunConfig(model="acme/pipe")) == "hg"
+    (repo / "snapshots" / commit / "pipeline.json").unlink()
+    plain = Pipeline.from_pretrained("acme/pipe")
+    assert default_guidance(RunConfig(model="acme/pipe")) == "cfg" == plain.default_guidance
+    with pytest.raises(RuntimeError, match="cannot get model 'acme/elsewhere'"):
+        default_guidance(RunConfig(model="acme/elsewhere"))
+    with pytest.raises(ValueError, match="neither a local folder nor a Hugging Face repo id"):
+        default_guidance(RunConfig(model=str(tmp_path / "nope")))
+
+
 def test_bad_inputs(pipe, tmp_path):
     with pytest.raises(io.V2AInputError, match="not found|does not exist|no such"):
         pipe(tmp_path / "missing.mp4")

@@ -245,8 +245,10 @@ def resolve_folder(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
+    weights: bool = True,
 ) -> Path:
-    """The local folder holding ``config.json`` for a local path or a Hugging Face repo id (downloaded if needed).
+    """The local folder holding ``config.json`` for a local path or a Hugging Face repo id (downloaded if needed:
+    ``config.json``, the folder's ``pipeline.json`` if any, and with ``weights`` the weights).
 
     Environment variables are read at call time: ``HF_HUB_CACHE`` (cache folder) and ``HF_HUB_OFFLINE`` (no
     network: only the local cache is used).
@@ -257,7 +259,7 @@ def resolve_folder(
     elif path.exists():
         raise ValueError(f"{str(name_or_path)!r} is a file; from_pretrained expects a model folder or a repo id")
     elif _REPO_ID_RE.match(str(name_or_path)) and not str(name_or_path).startswith((".", "/", "~")):
-        root = _download(str(name_or_path), subfolder, revision, cache_dir, local_files_only)
+        root = _download(str(name_or_path), subfolder, revision, cache_dir, local_files_only, weights)
     else:
         raise ValueError(f"{str(name_or_path)!r} is neither a local folder nor a Hugging Face repo id (owner/name)")
     folder = root / subfolder if subfolder else root
@@ -273,19 +275,21 @@ def _download(
     revision: str | None,
     cache_dir: str | os.PathLike | None,
     local_files_only: bool | None,
+    weights: bool = True,
 ) -> Path:
     from huggingface_hub import snapshot_download
 
     cache, offline = hub_settings(cache_dir, local_files_only)
     unreachable = None if offline else hub_unreachable()
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    files = (CONFIG_NAME, PIPELINE_CONFIG_NAME, WEIGHTS_NAME) if weights else (CONFIG_NAME, PIPELINE_CONFIG_NAME)
     try:
         got = snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=cache,
             local_files_only=offline or unreachable is not None,
-            allow_patterns=[prefix + CONFIG_NAME, prefix + WEIGHTS_NAME],
+            allow_patterns=[prefix + f for f in files],
         )
     except Exception as e:  # network errors, missing repos, incomplete caches: one clear line
         if unreachable is not None:
@@ -300,8 +304,8 @@ def _download(
 
 
 def load_config(name_or_path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> dict[str, Any]:
-    """The ``config.json`` of a model folder (local or on the hub)."""
-    folder = resolve_folder(name_or_path, subfolder, **hub_kwargs)
+    """The ``config.json`` of a model folder (local or on the hub: only the config is downloaded)."""
+    folder = resolve_folder(name_or_path, subfolder, weights=False, **hub_kwargs)
     return _read_config(folder)
 
 

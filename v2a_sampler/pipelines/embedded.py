@@ -158,7 +158,8 @@ class Pipeline(V2APipeline):
             if folder is not None:
                 bad_where = folder
                 bad_model = _load_bad(folder, device=device, dtype=dtype)
-            elif (spec := _declared_bad(root)) is not None:  # a perturbation of the model, named in pipeline.json
+            elif (spec := _declared_bad(resolve_folder(root, weights=False, **hub_kwargs))) is not None:
+                # a perturbation of the model, named in its pipeline.json (local or downloaded with the model)
                 bad_model = perturbed(model, spec)
         elif is_perturbation(bad):
             bad_model = perturbed(model, str(bad))
@@ -239,7 +240,7 @@ class Pipeline(V2APipeline):
 
 
 def _declared_bad(root: str | os.PathLike) -> str | None:
-    """The perturbation spec a local pipeline folder's ``pipeline.json`` names as its bad model, if any."""
+    """The perturbation spec a pipeline folder's ``pipeline.json`` names as its bad model, if any."""
     path = Path(root) / PIPELINE_CONFIG_NAME
     if not path.is_file():
         return None

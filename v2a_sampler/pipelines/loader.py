@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from ..errors import error_line
@@ -9,7 +12,7 @@ from ..models.perturb import PerturbationError
 from ..models.perturb import is_spec as is_perturbation
 from .base import V2APipeline
 from .config import MMAUDIO_PREFIX, NO_BAD_MODEL, ConfigError, RunConfig
-from .embedded import MMAUDIO_REPO, Pipeline
+from .embedded import BAD_SUBFOLDER, MMAUDIO_REPO, Pipeline, default_guidance_for
 
 
 class PipelineLoadError(RuntimeError):
@@ -17,37 +20,38 @@ class PipelineLoadError(RuntimeError):
 
 
 def default_guidance(config: RunConfig) -> str:
-    """The default guidance of the pipeline ``config`` would load, read from the model's config, not its weights:
-    MMAudio's class default, or for an embedded model :func:`~v2a_sampler.pipelines.embedded.default_guidance_for`
-    (``cfg(1.45)`` for an AMG-trained model, ``hg`` with a bad model, ``cfg`` without)."""
-    from ..models import EMBEDDED_MODELS, embedded_model_path, load_config
-    from .embedded import default_guidance_for
+    """The default guidance of the pipeline ``config`` would load, read from the model's config files, never its
+    weights: MMAudio's class default, or for an embedded model
+    :func:`~v2a_sampler.pipelines.embedded.default_guidance_for` (``cfg(1.45)`` for an AMG-trained model, ``hg`` with
+    a bad model, ``cfg`` without). A model that cannot be found raises as loading it would (``ValueError`` for a path
+    that is neither a folder nor a repo id, ``RuntimeError`` for a hub model out of reach)."""
+    from ..models import EMBEDDED_MODELS, embedded_model_path, load_config, resolve_folder
     from .mmaudio import MMAudioPipeline
 
     if config.is_mmaudio:
         return MMAudioPipeline.default_guidance
-    model = config.model
-    folder = embedded_model_path(model or "embedded") if model is None or model in EMBEDDED_MODELS else model
-    try:
-        amg = load_config(folder).get("amg_weight")
-    except (ValueError, RuntimeError, OSError):  # explaining needs no model: an unreadable one is not AMG-trained
-        amg = None
+    name = str(config.model or "embedded")
+    folder = embedded_model_path(name) if name in EMBEDDED_MODELS else resolve_folder(name, weights=False)
+    amg = load_config(folder).get("amg_weight")
     bad = (config.bad_model or "").lower()
-    has_bad = bad != NO_BAD_MODEL and (bool(bad) or _has_own_bad(folder))
+    has_bad = bad != NO_BAD_MODEL and (bool(bad) or _has_own_bad(name, folder))
     return default_guidance_for(amg, has_bad)
 
 
-def _has_own_bad(folder) -> bool:
-    """Whether a pipeline folder brings its own bad model (a ``bad/`` subfolder or a ``pipeline.json`` naming one)."""
-    from pathlib import Path
+def _has_own_bad(name: str, folder: Path) -> bool:
+    """Whether a pipeline brings its own bad model: a ``bad/`` subfolder (for a hub model: one whose config can be
+    fetched) or a ``pipeline.json`` naming a perturbation."""
+    from ..models import PIPELINE_CONFIG_NAME, resolve_folder
 
-    from ..models import PIPELINE_CONFIG_NAME
-    from .embedded import BAD_SUBFOLDER
-
-    root = Path(str(folder))
-    if not root.is_dir():
-        return True  # a hub id: resolved at load time; assume the usual layout
-    return (root / BAD_SUBFOLDER).is_dir() or (root / PIPELINE_CONFIG_NAME).is_file()
+    if (folder / BAD_SUBFOLDER).is_dir() or (folder / PIPELINE_CONFIG_NAME).is_file():
+        return True
+    if Path(os.path.expanduser(name)).is_dir():
+        return False
+    try:  # a hub model: its bad/ config, if the repository has one
+        resolve_folder(name, BAD_SUBFOLDER, weights=False)
+    except (ValueError, RuntimeError):
+        return False
+    return True
 
 
 def load_pipeline(config: RunConfig, rank_device: int | None = None) -> V2APipeline:
