@@ -33,6 +33,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: BLAS t
 
 import argparse
 import csv
+import hashlib
 import math
 import time
 import warnings
@@ -154,10 +155,31 @@ def _part_path(out: Path, budget: int, method: str) -> Path:
     return out / PARTS / f"{budget:04d}-{method}.pt"
 
 
-def _signature(model: str | None, config: Config, metric: str) -> dict[str, Any]:
-    """What a saved part must have been made with to be reused (everything but the budget list)."""
+def _signature(pipe: Pipeline, amg_pipe: Pipeline, config: Config, metric: str) -> dict[str, Any]:
+    """What a saved part must have been made with to be reused: the weights (a hash of the good, bad and AMG
+    networks' tensors, so a retrained model never reuses old parts), the metric and the configuration but its
+    budget list."""
     kept = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items() if k != "budgets"}
-    return {"model": str(model), "metric": metric, **kept}
+    return {"weights": weights_hash(pipe, amg_pipe), "metric": metric, **kept}
+
+
+def weights_hash(*pipes: Pipeline) -> str:
+    """SHA-256 (16 hex digits) over the named tensors of every network of ``pipes`` (a perturbation bad model
+    counts by its spec: it has no weights of its own)."""
+    h = hashlib.sha256()
+    for pipe in pipes:
+        for role, net in (("good", pipe.model), ("bad", pipe.bad)):
+            h.update(role.encode())
+            if net is None:
+                continue
+            spec = getattr(getattr(net, "perturbation", None), "spec", None)
+            if spec is not None:
+                h.update(spec().encode())
+                continue
+            for name, t in sorted(net.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _load_part(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
@@ -207,8 +229,8 @@ def main() -> None:
         i += 1
     reference = torch.cat(refs)
 
-    signature = _signature(args.model, config, args.metric)
-    amg_pipe = None
+    amg_pipe = Pipeline.from_pretrained(AMG_MODEL)
+    signature = _signature(pipe, amg_pipe, config, args.metric)
     settings, per_clip, pooled_rows, scores = [], [], [], {}
     for budget in config.budgets:
         for method in methods:
@@ -221,8 +243,7 @@ def main() -> None:
                     scores[(budget, method)] = part["scores"]
                     print(f"budget {budget} {method}: {part['chosen']['spec']} (from {PARTS}/)", flush=True)
                 continue
-            if method == AMG and amg_pipe is None:
-                amg_pipe = Pipeline.from_pretrained(AMG_MODEL)
+            if method == AMG:
                 # the tuner tries stronger CFG on it on purpose: the pipeline's warning about that is expected here
                 warnings.filterwarnings("ignore", message="model was trained with AMG")
             here = amg_pipe if method == AMG else pipe

@@ -73,7 +73,11 @@ def test_tiny_run_writes_paired_rows_and_resumes_from_parts(eq, monkeypatch, tmp
     _run(eq, monkeypatch, out)
     assert {name: (out / name).read_text() for name in before} == before
 
-    # parts made with another configuration are refused, not mixed in
+    # parts made with another configuration, or other weights (a retrained model), are refused, not mixed in
     monkeypatch.setattr(eq, "QUICK", replace(_tiny(eq), test_clips=3))
+    with pytest.raises(SystemExit, match="was made with"):
+        _run(eq, monkeypatch, out)
+    monkeypatch.setattr(eq, "QUICK", _tiny(eq))
+    monkeypatch.setattr(eq, "weights_hash", lambda *pipes: "retrained")
     with pytest.raises(SystemExit, match="was made with"):
         _run(eq, monkeypatch, out)
