@@ -45,7 +45,7 @@ from v2a_sampler.models.perturb import is_spec as is_perturbation
 from v2a_sampler.models.perturb import perturbed
 from v2a_sampler.pipelines.embedded import Pipeline
 from v2a_sampler.training.trainer import checkpoint_name
-from v2a_sampler.training.v2a_recipe import RUN_DIRS, bad_candidates, merge_recipe
+from v2a_sampler.training.v2a_recipe import RUN_DIRS, bad_candidates, run_recipe
 
 #: Methods each candidate is scored with: label -> guidance spec.
 METHODS = {"ag(2)": "ag(2)", "hg": "hg"}
@@ -60,7 +60,7 @@ PREDICTORS = {"w*": "w_star_mean", "removable share ≥": "rel_reduction_lb_mean
 
 def candidates(run: Path, extra: Sequence[str] = PERTURBATIONS) -> dict[str, Any]:
     """``{name: model folder or perturbation spec}`` of every candidate of a recipe run."""
-    found: dict[str, Any] = dict(bad_candidates(run))
+    found: dict[str, Any] = dict(bad_candidates(run, run_recipe(run)))
     for spec in extra:
         found[spec] = spec
     return found
@@ -191,7 +191,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    recipe = merge_recipe()
+    recipe = run_recipe(args.run)  # the run's own recipe (--quick, --iters ...)
     good_folder = args.run / RUN_DIRS["main"] / checkpoint_name(recipe["iterations"])
     if args.collect:
         collect([Path(d) for d in args.collect.split(",")], args, good_folder)
@@ -214,7 +214,8 @@ def main() -> None:
         if not args.no_diagnostic:
             diag[name] = diagnostic(good, bad, data, pipe.audio_spec)
             print(f"{name:>22} diagnostic: {diag[name]}", flush=True)
-        bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
+        if not args.diagnostic_only:
+            bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
     if args.diagnostic_only:
         bench.write_csv([{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()],
                         args.out / "diagnostic.csv", ("bad", *DIAGNOSTIC_COLUMNS))  # fmt: skip

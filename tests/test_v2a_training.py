@@ -65,6 +65,13 @@ def test_recipe_runs_every_stage_end_to_end(tmp_path, monkeypatch):
         "base-earlier": ("base", 2), "base": ("base", 4), "earlier:0.1": ("run", 1), "earlier:0.25": ("run", 2),
         "earlier:0.5": ("run", 5), "earlier:0.7": ("run", 7), "finetune": ("finetune", 5), "small": ("small", 2),
     }  # fmt: skip
+    # the run records its recipe, so tools that read the run find the same candidates without being told the recipe
+    import v2a_bad_models as VB
+
+    from v2a_sampler.training.v2a_recipe import merge_recipe, run_recipe
+
+    assert run_recipe(run) == merge_recipe(tiny)
+    assert {k: v for k, v in VB.candidates(run).items() if not k.startswith("perturb:")} == found
     ft = json.loads((found["finetune"] / "config.json").read_text())
     assert ft["training"]["config"]["init_from"].endswith("base/iter-000004") and ft["arch_kwargs"]["depth"] == 2
     assert ft["training"]["config"]["seed"] == 11 and ft["training"]["config"]["lr"] == 6e-4

@@ -90,7 +90,7 @@ RECIPE: dict[str, Any] = {
     "finetune": {"fraction": 0.5, "seed": 11},
     "small": {"dim": 64, "heads": 4, "iterations": 2000, "seed": 3},
     "amg": {"weight": 0.5, "fork": 0.5, "ramp": 0.1, "seed": 12},
-    # chosen by benchmarks/v2a_bad_models.py on validation clips (benchmarks/results/v2a_bad_models/summary.md)
+    # chosen by benchmarks/v2a_bad_models.py on validation clips (benchmarks/results/v2a_model_v2/bad_models/)
     "bad": "small",
     "storage_dtype": "float16",
 }
@@ -112,6 +112,15 @@ RUN_DIRS = {"base": "base", "main": "run", "finetune": "finetune", "small": "sma
 TIMINGS_FILE = "timings.json"
 #: Where ``--base FOLDER`` is recorded in a run (so later stages find the base without the option).
 BASE_LINK = "base.json"
+#: The merged recipe of a run, written when it starts (tools that read a run use :func:`run_recipe`).
+RUN_RECIPE = "recipe.json"
+
+
+def run_recipe(out: str | Path) -> dict[str, Any]:
+    """The recipe a run folder was trained with (its ``recipe.json``; the default recipe for runs made before it
+    was recorded)."""
+    path = Path(out) / RUN_RECIPE
+    return merge_recipe(json.loads(path.read_text())) if path.is_file() else merge_recipe()
 
 
 def merge_recipe(recipe: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,8 +257,9 @@ def train_embedded(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")  # what later tools read (run_recipe)
     if base is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / BASE_LINK).write_text(json.dumps({"base": str(Path(base).resolve())}) + "\n")
     torch.set_num_threads(recipe["threads"])  # small ops: one thread is faster than two contending ones
     arch = recipe["base"]["arch_kwargs"]
