@@ -4,9 +4,9 @@ MGAudio trains with the AMG objective (the target ``u + w sg(u(c) - u(null))``) 
 (1.45). Here the shipped AMG variant (``embedded-amg``: the good model's fine-tune forked at half-way and continued
 with AMG: the same number of iterations, though from the fork's EMA weights with a fresh optimizer and a learning
 rate held at the fork's value, so objective and schedule differ together) runs with its default ``cfg(1.45)`` and
-unguided; the good model runs unguided and with CFG, AG, PG and HG at AudioMoG's V2A weights (AG also at 2). Every row spends the same NFE budget
-per clip (Euler, the most steps that fit: 50 unguided, 25 with two branches, 16 with three, 12 with four), on the
-same clips and noise as ``benchmarks/v2a_quality.py``.
+unguided; the good model runs unguided and with CFG, AG, PG and HG at AudioMoG's V2A weights (AG also at 2). Every
+row spends the same NFE budget per clip (Euler, the most steps that fit: 50 unguided, 25 with two branches, 16 with
+three, 12 with four), on the same clips and noise as ``benchmarks/v2a_quality.py``.
 
     python benchmarks/v2a_amg.py --out out/v2a_amg [--split test] [--budget 50] [--clips 24]
 
