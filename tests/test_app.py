@@ -116,6 +116,9 @@ def test_bad_models_offered_fit_the_model():
     amg = A.ModelChoice(A.EMBEDDED_AMG)  # the AMG-trained variant: no bad model, its small extra CFG by default
     assert [v for _, v in A.bad_model_choices(amg, MODELS)] == ["default"] and amg.default_guidance == "cfg(1.45)"
     assert embedded.default_guidance == "hg" and "cfg(1.45)" in A.guidance_presets()
+    # the default spec follows the bad-model choice: without one the embedded model's default is CFG
+    assert [embedded.default_guidance_with(v) for _, v in A.bad_model_choices(embedded, MODELS)] == ["hg", "cfg"]
+    assert small16.default_guidance_with("default") == "cfg(4.5)" == large.default_guidance_with("mmaudio:small_44k")
     assert [c.value for c in A.model_choices()][:2] == [A.EMBEDDED, A.EMBEDDED_AMG]
     assert [v for _, v in A.bad_model_choices(small16, MODELS)] == ["default"]  # no other 16 kHz variant
     assert [v for _, v in A.bad_model_choices(large, MODELS)] == [

@@ -137,9 +137,16 @@ class ModelChoice:
     @property
     def default_guidance(self) -> str:
         """The guidance a run with this model names when it names none (read from its config, not its weights)."""
+        return self.default_guidance_with(DEFAULT_BAD)
+
+    def default_guidance_with(self, bad: str) -> str:
+        """The default guidance with the bad-model choice ``bad`` (a value of :func:`bad_model_choices`): ``none``
+        turns the embedded model's ``hg`` into ``cfg``."""
         from ..pipelines.loader import default_guidance
 
-        return default_guidance(RunConfig(model=None if self.value == EMBEDDED else self.value))
+        model = None if self.value == EMBEDDED else self.value
+        bad_model = None if bad == DEFAULT_BAD or bad.startswith(MMAUDIO_PREFIX) else bad
+        return default_guidance(RunConfig(model=model, bad_model=bad_model))
 
     def message(self) -> str:
         """What the page says under the model selector."""
@@ -630,6 +637,17 @@ def build_app(studio: Studio, steps: int | None = None, demo_clip: Path | None =
         for trigger in (solver.change, n_steps.change):
             trigger(explain_compare, [*boxes, solver, n_steps], compare_explained, **quick)
         model.change(on_model, model, [model_note, bad, prompt, negative, preset, spec], **quick)
+
+        def on_bad(model_value, bad_value, current):
+            """A spec still at a default follows the bad model (no bad model: ``cfg``); a typed spec stays."""
+            m = studio.model(model_value)
+            defaults = {m.default_guidance_with(v) for _, v in bad_model_choices(m, models)}
+            if (current or "").strip() not in defaults:
+                return gr.update(), gr.update()
+            new = m.default_guidance_with(bad_value or DEFAULT_BAD)
+            return new, new
+
+        bad.change(on_bad, [model, bad, spec], [preset, spec], **quick)
         run_opts = {"concurrency_limit": 1, "concurrency_id": "sampler", "show_progress": "full"}
         go.click(generate, [video, spec, *settings], [status, out_video, out_png, out_wav], api_name="generate",
                  **run_opts)  # fmt: skip
