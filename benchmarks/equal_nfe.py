@@ -48,7 +48,15 @@ from v2a_sampler import guidance as G
 from v2a_sampler import tune as T
 from v2a_sampler.core.guidance import AMG_DEFAULT_CFG
 from v2a_sampler.media.specs import resize_frames
-from v2a_sampler.metrics.stats import ClipScores, clip_scores, kid, paired_bootstrap, pooled, reference_windows
+from v2a_sampler.metrics.stats import (
+    ClipScores,
+    Comparison,
+    clip_scores,
+    kid,
+    paired_bootstrap,
+    pooled,
+    reference_windows,
+)
 from v2a_sampler.pipelines import Pipeline, RunConfig
 from v2a_sampler.solvers import get_solver
 from v2a_sampler.synth import make_clip
@@ -86,7 +94,9 @@ FULL = Config(budgets=(16, 32, 64, 128), solvers=("euler", "heun", "dpmpp_2m", "
               passes=1)  # fmt: skip
 
 
-def choose(pipe: Pipeline, val: T.ValidationSet, method: str, budget: int, config: Config, metric: str):
+def choose(
+    pipe: Pipeline, val: T.ValidationSet, method: str, budget: int, config: Config, metric: str
+) -> dict[str, Any] | None:
     """The solver (at the paper weights) and then the weights (tuned) of ``method`` at ``budget``, on validation.
 
     ``amg`` is the AMG-trained variant with CFG: its solver is chosen at MGAudio's ``cfg(1.45)`` and its weight tuned
@@ -117,7 +127,15 @@ def choose(pipe: Pipeline, val: T.ValidationSet, method: str, budget: int, confi
     return {"solver": best_solver, "spec": res.best.spec(), "val_score": res.score}
 
 
-def test_scores(pipe: Pipeline, frames, events, spec: str, solver: str, budget: int, config: Config):
+def test_scores(
+    pipe: Pipeline,
+    frames: Sequence[torch.Tensor],
+    events: Sequence[list],
+    spec: str,
+    solver: str,
+    budget: int,
+    config: Config,
+) -> tuple[ClipScores, int, int]:
     g = G.parse(spec)
     steps = get_solver(solver).steps_for_budget(budget, g.nfe_per_step)
     plan = pipe.plan(RunConfig(guidance=g, solver=solver, steps=steps))
@@ -328,7 +346,9 @@ WINNER_METRICS = {"onset_f1": "onset F1", "class_accuracy": "class accuracy", "f
 LOWER_IS_BETTER = ("fd", "kid")
 
 
-def winner(here: Sequence[dict[str, Any]], scores: dict, metric: str, reference: torch.Tensor):
+def winner(
+    here: Sequence[dict[str, Any]], scores: dict, metric: str, reference: torch.Tensor
+) -> tuple[str | None, str | None, Comparison | None]:
     """``(best, runner_up, comparison)`` among one budget's methods on ``metric``: the paired bootstrap of best minus
     runner-up over the test clips (``None`` with fewer than two methods)."""
     if len(here) < 2:
@@ -340,7 +360,9 @@ def winner(here: Sequence[dict[str, Any]], scores: dict, metric: str, reference:
     return best["method"], runner["method"], cmp
 
 
-def winners_table(rows, scores: dict, reference: torch.Tensor, budgets: Sequence[int]) -> list[str]:
+def winners_table(
+    rows: Sequence[dict[str, Any]], scores: dict, reference: torch.Tensor, budgets: Sequence[int]
+) -> list[str]:
     """Markdown: per budget, the winner of every metric with its margin over the runner-up (``*``: significant)."""
     lines = ["| NFE | best onset F1 (margin over runner-up) | best class acc | lowest FD | lowest KID ± SE |",
              "|---|---|---|---|---|"]  # fmt: skip

@@ -88,7 +88,7 @@ def select(rows: Sequence[Mapping[str, Any]]) -> str:
     return min(eligible, key=lambda r: float(r["fd"]))["bad"]
 
 
-def summary(rows: Sequence[Mapping[str, Any]], diag: Mapping[str, Mapping[str, Any]], chosen: str, caption: str):
+def summary(rows: Sequence[Mapping[str, Any]], diag: Mapping[str, Mapping[str, Any]], chosen: str, caption: str) -> str:
     lines = [caption, "", "| bad model | AG(2) onset F1 | AG(2) class acc | AG(2) FD | HG onset F1 | HG class acc | "
              "HG FD | w* (95 % CI) | removable share ≥ | excess loss |", "|---|" + "---:|" * 9]  # fmt: skip
     by = {(r["bad"], r["method"]): r for r in rows}
@@ -155,7 +155,13 @@ def collect(folders: Sequence[Path], args: argparse.Namespace, good_folder: Path
     write_outputs(rows, diag, args, good_folder, seconds=None)
 
 
-def write_outputs(rows, diag, args: argparse.Namespace, good_folder: Path, seconds: float | None) -> None:
+def write_outputs(
+    rows: Sequence[Mapping[str, Any]],
+    diag: Mapping[str, Mapping[str, Any]],
+    args: argparse.Namespace,
+    good_folder: Path,
+    seconds: float | None,
+) -> None:
     """``candidates.csv``, ``diagnostic.csv`` and ``summary.md`` (the table and the selection) in ``args.out``."""
     bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
     bench.write_csv([{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()],
