@@ -43,6 +43,21 @@ def test_tune_finds_the_grid_optimum_with_cached_units(setup, tmp_path):
         T.SearchSpace.default("xg")
 
 
+def test_one_validation_unit_gives_a_curve_without_intervals(setup, tmp_path):
+    import math
+
+    pipe, data = setup
+    one = T.ValidationSet(data.clips[:1], data.reference)
+    space = T.SearchSpace("cfg", {"w": (1.0, 3.0)})
+    res = T.tune(pipe, one, "cfg", budget=4, seeds=1, space=space, passes=1)
+    assert res.units == 1 and len(res.curve) == 2
+    other = next(r for r in res.curve if r["value"] != res.weights["w"])
+    # a difference to the best, but no interval around it from a single unit
+    assert other["diff"] == pytest.approx(other["onset_f1"] - res.score)
+    assert math.isnan(other["lo"]) and math.isnan(other["hi"]) and other["significant"] is False
+    assert len(T.write_report(res, tmp_path)) == 4  # the CSV and the plot cope with the missing interval
+
+
 def test_cli_quick_and_errors(tmp_path):
     runner = CliRunner()
     res = runner.invoke(T.app, ["--synthetic", "2", "--duration", "1", "--family", "cfg", "--budget", "4",
