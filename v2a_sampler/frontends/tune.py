@@ -344,8 +344,9 @@ def write_report(result: TuneResult, out: str | Path) -> list[Path]:
         ax.axvline(result.weights[name], color="grey", ls=":")
         ax.set_xlabel(name)
         ax.set_ylabel(result.metric)
-    fig.suptitle(f"{result.best.spec()}: {result.metric} on {result.units} validation units (bars: 95 % paired "
-                 "bootstrap interval of the difference to the optimum)", fontsize=8)  # fmt: skip
+    bars = ("bars: 95 % paired bootstrap interval of the difference to the optimum" if result.units >= 2
+            else "one unit: no intervals")  # fmt: skip
+    fig.suptitle(f"{result.best.spec()}: {result.metric} on {result.units} validation units\n({bars})", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "curve.png", dpi=100)
     plt.close(fig)
