@@ -75,18 +75,23 @@ def draw(
     label: int,
     n: int,
     seed: int,
+    grid: Callable[[Any], torch.Tensor] | None = None,
+    noise: Callable[[int, int, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """``n`` samples of class ``label`` for one method and the NFE per sample (same noise for every method)."""
+    """``n`` samples of class ``label`` for one method and the NFE per sample (same noise for every method).
+
+    ``grid`` maps a model's schedule to its timesteps (default :func:`sampling_grid`); ``noise(n, label, gen)`` draws
+    the start (default: standard normal): a lab family (:mod:`v2a_sampler.lab.families`) brings its own."""
     if method.model == "data":
         x, _ = toy.sample(n, label, torch.Generator().manual_seed(seed))
         return x, 0
     net = models[method.model]
     bad = models[method.bad] if method.bad else None
-    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    start = noise(n, label, gen) if noise is not None else torch.randn(n, 2, generator=gen, dtype=torch.float32)
     cond = {"label": torch.full((n,), label, dtype=torch.long)}
-    x, info = sample(
-        net, noise, cond=cond, guidance=method.guidance, bad=bad, solver=SOLVER, timesteps=sampling_grid(net.schedule)
-    )
+    timesteps = (grid or sampling_grid)(net.schedule)
+    x, info = sample(net, start, cond=cond, guidance=method.guidance, bad=bad, solver=SOLVER, timesteps=timesteps)
     return x.to(torch.float64), info.nfe
 
 
@@ -98,26 +103,31 @@ def run(
     seeds: Sequence[int],
     on_step: Callable[[str], None] | None = None,
     keep: tuple[int, int] | None = (0, 0),
+    classes: Sequence[int] | None = None,
+    grid: Callable[[Any], torch.Tensor] | None = None,
+    noise: Callable[[int, int, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """Every (seed, method) metric row, averaged over classes, and the samples of ``keep = (seed, class)``.
 
     ``models`` maps ``"good"``, ``"exact"`` and the bad-model keys to denoisers. Noise for seed ``s`` and class ``c``
-    comes from seed ``1000 s + c`` for every method; the true reference set from a disjoint seed.
+    comes from seed ``1000 s + c`` for every method; the true reference set from a disjoint seed. ``classes``
+    (default: all of ``toy``'s), ``grid`` and ``noise`` (as :func:`draw`) are what a lab family changes.
     """
-    thresholds = [outlier_threshold(toy, c) for c in range(toy.num_classes)]
+    classes = list(range(toy.num_classes)) if classes is None else list(classes)
+    thresholds = {c: outlier_threshold(toy, c) for c in classes}
     per_seed: list[dict[str, Any]] = []
     kept: dict[str, torch.Tensor] = {}
     for s in seeds:
-        refs = [
-            toy.sample(n_per_class, c, torch.Generator().manual_seed(REFERENCE_SEED + 1000 * s + c))[0]
-            for c in range(toy.num_classes)
-        ]
+        refs = {
+            c: toy.sample(n_per_class, c, torch.Generator().manual_seed(REFERENCE_SEED + 1000 * s + c))[0]
+            for c in classes
+        }
         for m in rows:
             acc: dict[str, list[float]] = {k: [] for k in METRIC_NAMES}
             nfe = 0
-            for c in range(toy.num_classes):
+            for c in classes:
                 seed = 1000 * s + c + (DATA_ROW_SEED if m.model == "data" else 0)
-                x, nfe = draw(m, models, toy, c, n_per_class, seed)
+                x, nfe = draw(m, models, toy, c, n_per_class, seed, grid, noise)
                 if keep == (s, c):
                     kept[m.name] = x
                 for k, v in evaluate(toy, x, c, refs[c], thresholds[c]).items():

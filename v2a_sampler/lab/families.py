@@ -18,9 +18,7 @@ from typing import Any
 
 import torch
 
-from ..core.solvers import sample
 from . import experiment as E
-from .metrics import METRIC_NAMES, evaluate, outlier_threshold
 from .toy2d import Toy2D
 
 NoiseFn = Callable[[int, int, torch.Generator], torch.Tensor]
@@ -84,18 +82,8 @@ def draw(
     family: Family, method: E.Method, models: Mapping[str, Any], label: int, n: int, seed: int
 ) -> tuple[torch.Tensor, int]:
     """``n`` samples of class ``label`` for one method and the NFE per sample (the same start noise for every
-    method of a seed)."""
-    if method.model == "data":
-        x, _ = family.toy.sample(n, label, torch.Generator().manual_seed(seed))
-        return x, 0
-    net = models[method.model]
-    bad = models[method.bad] if method.bad else None
-    noise = family.noise(n, label, torch.Generator().manual_seed(seed))
-    cond = {"label": torch.full((n,), label, dtype=torch.long)}
-    x, info = sample(
-        net, noise, cond=cond, guidance=method.guidance, bad=bad, solver=E.SOLVER, timesteps=family.grid(net.schedule)
-    )
-    return x.to(torch.float64), info.nfe
+    method of a seed): :func:`v2a_sampler.lab.experiment.draw` with the family's grid and start noise."""
+    return E.draw(method, models, family.toy, label, n, seed, family.grid, family.noise)
 
 
 def run(
@@ -107,31 +95,7 @@ def run(
     on_step: Callable[[str], None] | None = None,
     keep: tuple[int, int] | None = (0, 0),
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Every (seed, method) metric row, averaged over the family's classes, and the samples of ``keep``.
-
-    Seeds as in :func:`v2a_sampler.lab.experiment.run`: start noise of seed ``s`` and class ``c`` from
-    ``1000 s + c`` for every method, true reference samples from a disjoint seed.
-    """
-    toy = family.toy
-    thresholds = {c: outlier_threshold(toy, c) for c in family.classes}
-    per_seed: list[dict[str, Any]] = []
-    kept: dict[str, torch.Tensor] = {}
-    for s in seeds:
-        refs = {
-            c: toy.sample(n_per_class, c, torch.Generator().manual_seed(E.REFERENCE_SEED + 1000 * s + c))[0]
-            for c in family.classes
-        }
-        for m in rows:
-            acc: dict[str, list[float]] = {k: [] for k in METRIC_NAMES}
-            nfe = 0
-            for c in family.classes:
-                seed = 1000 * s + c + (E.DATA_ROW_SEED if m.model == "data" else 0)
-                x, nfe = draw(family, m, models, c, n_per_class, seed)
-                if keep == (s, c):
-                    kept[m.name] = x
-                for k, v in evaluate(toy, x, c, refs[c], thresholds[c]).items():
-                    acc[k].append(v)
-            per_seed.append({"method": m.name, "seed": s, "nfe": nfe, **{k: sum(v) / len(v) for k, v in acc.items()}})
-            if on_step is not None:
-                on_step(m.name)
-    return per_seed, kept
+    """Every (seed, method) metric row, averaged over the family's classes, and the samples of ``keep``:
+    :func:`v2a_sampler.lab.experiment.run` with the family's classes, grid and start noise."""
+    return E.run(models, family.toy, rows, n_per_class, seeds, on_step, keep, family.classes, family.grid,
+                 family.noise)  # fmt: skip
