@@ -32,9 +32,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: BLAS threads stall on shared cores
 
 import argparse
-import csv
 import hashlib
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -42,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import bench
 import torch
 
 from v2a_sampler import guidance as G
@@ -295,9 +294,9 @@ def main() -> None:
                        {"signature": signature, "chosen": chosen, "setting": settings[-1],
                         "per_clip": per_clip[first_row:], "pooled": pooled_rows[-1],
                         "scores": scores[(budget, method)]})  # fmt: skip
-    _write(args.out / "settings.csv", settings)
-    _write(args.out / "results_per_clip.csv", per_clip)
-    _write(args.out / "results.csv", pooled_rows)
+    for name, rows in (("settings.csv", settings), ("results_per_clip.csv", per_clip), ("results.csv", pooled_rows)):
+        if rows:
+            bench.write_csv(rows, args.out / name, list(rows[0]))
     text = summary(pooled_rows, scores, reference, config, args.metric)
     (args.out / "summary.md").write_text(text)
     print(text)
@@ -379,16 +378,6 @@ def winners_table(
         cells.append(f"`{k['method']}` {k['kid']:.4f} ± {k['kid_se']:.4f}")
         lines.append(f"| {budget} | " + " | ".join(cells) + " |")
     return ["", *lines, ""]
-
-
-def _write(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
 
 
 if __name__ == "__main__":
