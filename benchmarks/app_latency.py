@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "assets" / "demo_clip.mp4"
@@ -50,15 +51,8 @@ def main() -> None:
             app = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}/"
         try:
-            deadline = time.monotonic() + STARTUP_S
-            while True:
-                try:
-                    urllib.request.urlopen(url, timeout=5).close()
-                    break
-                except OSError:
-                    if app.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"the app did not start:\n{log.read_text()}") from None
-                    time.sleep(0.5)
+            if not bench.wait_until_serving(url, app, STARTUP_S):
+                raise SystemExit(f"the app did not start:\n{log.read_text()}")
             client = Client(url, verbose=False)
             rows = []
             for i in range(args.repeats):

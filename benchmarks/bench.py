@@ -110,3 +110,20 @@ def plot_errorbars(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def wait_until_serving(url: str, proc: Any, timeout_s: float, poll_s: float = 0.5) -> bool:
+    """Poll ``url`` until it answers (``True``), or until ``proc`` (a ``subprocess.Popen``) has exited or
+    ``timeout_s`` have passed (``False``): a server started in a subprocess, as the app's benchmark and test do."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(poll_s)

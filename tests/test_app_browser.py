@@ -17,11 +17,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import bench
 import pytest
 
 from v2a_sampler.media import io
@@ -98,16 +97,9 @@ def server(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-c", GUARD, "--port", str(port), "--steps", str(STEPS)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + STARTUP_S
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the app did not start:\n{log.read_text()}")
-            time.sleep(0.5)
+    if not bench.wait_until_serving(url, proc, STARTUP_S):
+        proc.kill()
+        pytest.fail(f"the app did not start:\n{log.read_text()}")
     yield url
     proc.terminate()
     assert proc.wait(timeout=30) == 0, log.read_text()
