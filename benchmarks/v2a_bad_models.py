@@ -155,6 +155,12 @@ def collect(folders: Sequence[Path], args: argparse.Namespace, good_folder: Path
     write_outputs(rows, diag, args, good_folder, seconds=None)
 
 
+def write_diagnostic(diag: Mapping[str, Mapping[str, Any]], out: Path) -> Path:
+    """``OUT/diagnostic.csv``: one row per candidate, the :data:`DIAGNOSTIC_COLUMNS`."""
+    rows = [{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()]
+    return bench.write_csv(rows, out / "diagnostic.csv", ("bad", *DIAGNOSTIC_COLUMNS))
+
+
 def write_outputs(
     rows: Sequence[Mapping[str, Any]],
     diag: Mapping[str, Mapping[str, Any]],
@@ -164,8 +170,7 @@ def write_outputs(
 ) -> None:
     """``candidates.csv``, ``diagnostic.csv`` and ``summary.md`` (the table and the selection) in ``args.out``."""
     bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
-    bench.write_csv([{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()],
-                    args.out / "diagnostic.csv", ("bad", *DIAGNOSTIC_COLUMNS))  # fmt: skip
+    write_diagnostic(diag, args.out)
     chosen = select(rows)
     took = "" if seconds is None else f" ({seconds:.0f} s)"
     caption = (f"Bad-model candidates for {good_folder}: {args.clips} validation clips x {args.samples} seeds, "
@@ -223,8 +228,7 @@ def main() -> None:
         if not args.diagnostic_only:
             bench.write_csv(rows, args.out / "candidates.csv", ("bad", "method", "nfe", "seconds_per_clip", *METRICS))
     if args.diagnostic_only:
-        bench.write_csv([{"bad": k, **{c: v.get(c) for c in DIAGNOSTIC_COLUMNS}} for k, v in diag.items()],
-                        args.out / "diagnostic.csv", ("bad", *DIAGNOSTIC_COLUMNS))  # fmt: skip
+        write_diagnostic(diag, args.out)
         return
     write_outputs(rows, diag, args, good_folder, time.perf_counter() - t0)
 

@@ -196,6 +196,7 @@ def bad_model_choices(model: ModelChoice, models: Sequence[ModelChoice]) -> list
 
 def guidance_presets() -> list[str]:
     """The registered presets whose bare name is a spec (paper defaults), then the shipped models' defaults."""
+    from ..pipelines.mmaudio import MMAudioPipeline
 
     out = []
     for name in G.PRESETS:
@@ -204,8 +205,9 @@ def guidance_presets() -> list[str]:
         except ValueError:
             continue  # needs arguments (multi_cfg)
         out.append(name)
-    for default in (c.default_guidance for c in (ModelChoice(EMBEDDED), ModelChoice(EMBEDDED_AMG),
-                                                  ModelChoice(MMAUDIO_PREFIX + "small_16k"))):  # fmt: skip
+    defaults = (ModelChoice(EMBEDDED).default_guidance, ModelChoice(EMBEDDED_AMG).default_guidance,
+                MMAudioPipeline.default_guidance)  # fmt: skip
+    for default in defaults:
         if default not in out:
             out.append(default)
     return out

@@ -338,8 +338,10 @@ def main(
                            options={**_options(option), **({"grid": grid} if grid is not None else {})},
                            strict=strict)  # fmt: skip
         if explain:
+            from ..pipelines.loader import default_guidance  # reads the model's config files, not its weights
+
             _explain(
-                G.parse(config.guidance or _default_guidance(config)),
+                G.parse(config.guidance or default_guidance(config)),
                 config.steps or _pipeline_class(config).default_steps,
             )
             return
@@ -392,13 +394,6 @@ def _pipeline_class(config: RunConfig):
     from ..pipelines.mmaudio import MMAudioPipeline
 
     return MMAudioPipeline if config.is_mmaudio else Pipeline
-
-
-def _default_guidance(config: RunConfig) -> str:
-    """The default guidance of the pipeline ``config`` would load (reading the model's config, not its weights)."""
-    from ..pipelines.loader import default_guidance
-
-    return default_guidance(config)
 
 
 def _load(config: RunConfig, rank_device: int | None = None):
