@@ -345,7 +345,7 @@ def confirm(family: Family, work: Path, name: str, progress: bool) -> list[dict[
     for w1, w2, w3 in CONFIRM_HG:
         rows.append(E.Method(f"hg({w1:g},{w2:g},{w3:g})", f"hg({w1},{w2},{w3})", bad="best"))
     # AG at the best bad model's denoising-optimal schedule w*(t) (measured on held-out data, as in the zoo)
-    x0, labels = _held_out(family, Z_SEED)
+    x0, labels = family.held_out(N_DIAG, Z_SEED)
     grid = family.grid(shipped["good"].schedule)[:-1].tolist()
     Z.reset_dropout([chosen.params["_module"]] if chosen.stochastic else [])
     report = diagnose(shipped["good"], chosen.net, x0, {"label": labels}, levels=grid, exact=shipped["exact"])
@@ -372,16 +372,6 @@ def confirm(family: Family, work: Path, name: str, progress: bool) -> list[dict[
 # ---------------------------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _held_out(family: Family, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(family.classes)[torch.randint(len(family.classes), (N_DIAG,), generator=gen)]
-    x0 = torch.empty(N_DIAG, 2, dtype=torch.float64)
-    for c in family.classes:
-        sel = labels == c
-        x0[sel] = family.toy.sample(int(sel.sum()), c, gen)[0]
-    return x0, labels
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:

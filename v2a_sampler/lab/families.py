@@ -37,6 +37,17 @@ class Family:
     #: the shipped bad model(s) in the order :func:`v2a_sampler.lab.experiment.methods` takes them
     bads: tuple[str, ...]
 
+    def held_out(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` true samples (float64) with uniformly drawn class labels from the family's classes, all from one
+        generator seeded ``seed``: held-out data for the autoguidance diagnostic."""
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.tensor(self.classes)[torch.randint(len(self.classes), (n,), generator=gen)]
+        x0 = torch.empty(n, 2, dtype=torch.float64)
+        for c in self.classes:
+            sel = labels == c
+            x0[sel] = self.toy.sample(int(sel.sum()), c, gen)[0]
+        return x0, labels
+
     def models(self, folder: str | Path | None = None) -> dict[str, Any]:
         """The family's shipped denoisers (``good``, its bad models, ``exact``)."""
         if self.name == "edm2":

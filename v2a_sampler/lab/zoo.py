@@ -119,12 +119,7 @@ def measure(
     data-measured mean ``w*`` (clipped to [1, :data:`W_STAR_MAX`]) and with the per-level ``w*(t)`` schedule for one
     bad model; metric keys are ``ag<w>_<metric>`` (e.g. ``ag2_outlier_rate``, ``agwstar_recall``,
     ``agsched_coverage``). ``stochastic``: modules with :class:`SeededDropout` inside, restarted before every use."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(family.classes)[torch.randint(len(family.classes), (n_diag,), generator=gen)]
-    x0 = torch.empty(n_diag, 2, dtype=torch.float64)
-    for c in family.classes:
-        sel = labels == c
-        x0[sel] = family.toy.sample(int(sel.sum()), c, gen)[0]
+    x0, labels = family.held_out(n_diag, seed)
     grid = family.grid(good.schedule)
     levels = grid[:-1].tolist()
     reset_dropout(stochastic)
